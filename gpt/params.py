@@ -15,9 +15,11 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 def tied_parameters(model: nn.Module) -> list[list[str]]:
     """Groups of parameter names that share one storage, e.g. [['tok_emb.weight', 'out_head.weight']]."""
-    by_ptr: dict[int, list[str]] = {}
+    by_ptr: dict[object, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
-        by_ptr.setdefault(p.data_ptr(), []).append(name)
+        # Meta tensors (shapes only) have no storage: data_ptr() is 0 for all of them.
+        key = id(p) if p.is_meta else (p.device, p.data_ptr())
+        by_ptr.setdefault(key, []).append(name)
     return [names for names in by_ptr.values() if len(names) > 1]
 
 
