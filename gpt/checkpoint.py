@@ -27,18 +27,93 @@ from gpt.model import GPTModel
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, suffix: str = ".tmp"):
-    """Yield a temporary path next to `path`; on success rename it onto `path`, on error delete it."""
+    """Yield a temporary path next to `path`; on success rename it onto `path`, on error delete it.
+
+        with atomic_write("run/model.safetensors") as tmp:
+            save_file(tensors, tmp)      # a crash here leaves run/model.safetensors as it was
+
+    The temporary file is named `.{name}.{pid}.{random}{suffix}` in the same folder (a rename
+    is only atomic within one file system). It is flushed to disk (fsync) before the rename, so
+    a power cut cannot leave an empty file under the final name. A process killed outright
+    (SIGKILL, power cut) cannot delete its own temporary file; the next save to the same path
+    removes such orphans (`remove_orphaned_temp_files`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    remove_orphaned_temp_files(path, suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
     os.close(fd)
     try:
         yield Path(tmp)
+        _fsync(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync(path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; Windows cannot open a folder for fsync)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not support fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it...
+    os.umask(mask)  # ...and put it back (done once, at import)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_orphaned_temp_files(path: str | Path, suffix: str = ".tmp") -> list[Path]:
+    """Delete temporary files that an earlier, killed `atomic_write` to `path` left behind.
+
+    Only files whose writer process no longer exists are removed, so a save to the same path
+    running in another process is never disturbed. POSIX only (on Windows, os.kill(pid, 0)
+    would terminate the process); returns the removed paths.
+    """
+    path = Path(path)
+    if os.name != "posix" or not path.parent.is_dir():
+        return []
+    removed = []
+    for candidate in path.parent.glob(f".{path.name}.*{suffix}"):
+        parts = candidate.name[len(path.name) + 2 : len(candidate.name) - len(suffix)].split(".")  # [pid, random]
+        if len(parts) != 2 or not parts[0].isdigit():
+            continue  # not one of ours (e.g. the temp file of a longer name that starts the same)
+        pid = int(parts[0])
+        if pid == os.getpid() or _process_is_alive(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
 
 
 def _tied_duplicates(model: torch.nn.Module) -> set[str]:

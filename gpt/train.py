@@ -4,11 +4,19 @@ rate, periodic evaluation on held-out windows, resumable checkpoints.
 Resuming is exact: the data order of epoch e is a permutation drawn from a generator seeded
 with (seed, e), the learning rate is a pure function of the step, and the checkpoint holds the
 model, the optimizer and torch's random state (dropout). On a CPU, a run stopped and resumed
-gives the same numbers as one that never stopped.
+gives the same numbers as one that never stopped (tests/test_train.py checks it with torch.equal).
+
+The same loop runs unchanged under `torchrun --nproc_per_node=N` (gpt/distributed.py): the
+model is wrapped in DistributedDataParallel, every rank takes an equal share of each global
+micro-batch, losses are averaged over ranks, and only rank 0 prints and saves. N processes
+with global batch B take the same steps as one process with batch B, up to floating-point
+summation order (tests/test_distributed.py). With dropout on, each rank draws its own masks,
+so that equality is statistical, not numerical.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,6 +29,8 @@ from tqdm.auto import tqdm
 
 from gpt.checkpoint import load_training_state, save_model, save_training_state
 from gpt.device import autocast
+from gpt.distributed import (all_gather_tensor, all_reduce_mean, all_reduce_sum, barrier, get_rank, get_world_size,
+                             shard, sync_gradients, wrap_model)
 
 
 def lm_loss(model, inputs, targets):
@@ -31,17 +41,25 @@ def lm_loss(model, inputs, targets):
 
 @torch.no_grad()
 def evaluate_lm(model, data: Dataset, batch_size: int, device, max_batches: int | None = None, bf16=None) -> float:
-    """Mean loss over (up to max_batches) batches of `data` in order, with dropout off."""
+    """Mean loss over (up to max_batches) batches of `data` in order, with dropout off.
+
+    Under torchrun the batches are dealt out to the ranks (batch j to rank j % N) and the sum
+    and count are added up over ranks, so every rank returns the one-process number; call it
+    on every rank, with the plain (not DDP-wrapped) model.
+    """
     was_training = model.training
     model.eval()
-    losses = []
+    total, count = 0.0, 0
     n = len(data) if max_batches is None else min(len(data), max_batches * batch_size)
-    for start in range(0, n, batch_size):
+    for start in list(range(0, n, batch_size))[get_rank()::get_world_size()]:
         inputs, targets = _collate([data[i] for i in range(start, min(start + batch_size, n))], device)
         with autocast(device, bf16):
-            losses.append(lm_loss(model, inputs, targets).item())
+            total += lm_loss(model, inputs, targets).item()
+        count += 1
     model.train(was_training)
-    return sum(losses) / max(len(losses), 1)
+    if get_world_size() > 1:
+        total, count = all_reduce_sum([total, count])
+    return total / max(count, 1)
 
 
 def _collate(items, device):
@@ -74,6 +92,24 @@ class PretrainConfig:
     seed: int = 123
     bf16: bool | None = None  # None: on CUDA only
 
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "save_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"PretrainConfig.{name} must be a positive integer, got {value!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"PretrainConfig.lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise ValueError(f"PretrainConfig.min_lr must be a finite number >= 0, got {self.min_lr}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"PretrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"PretrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"PretrainConfig.grad_clip must be > 0 or None (no clipping), got {self.grad_clip}")
+
 
 @dataclass
 class History:
@@ -98,11 +134,23 @@ def batch_indices(step: int, micro: int, n_items: int, cfg: PretrainConfig) -> l
 def pretrain(model, train_data: Dataset, val_data: Dataset, cfg: PretrainConfig, out_dir: str | Path,
              device=torch.device("cpu"), resume: bool = True, on_eval=None) -> History:
     """Train `model` in place; writes out_dir/train_state.pt (resumable) every `save_every` steps
-    and out_dir/model.safetensors at the end. Returns the loss history."""
+    and out_dir/model.safetensors at the end. Returns the loss history.
+
+    Under torchrun (gpt.distributed.init_distributed called first) every rank calls this with
+    the same arguments; `cfg.batch_size` is the global batch. `on_eval(step, model)` runs on
+    rank 0 only. A loss or gradient that is not finite raises FloatingPointError before the
+    optimizer step, so the weights in memory and the last saved state are still the good ones.
+    """
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(f"batch_size={cfg.batch_size} is not divisible by grad_accum={cfg.grad_accum}")
     if len(train_data) < cfg.batch_size:
         raise ValueError(f"{len(train_data)} training windows are fewer than one batch of {cfg.batch_size}")
+    rank, world_size = get_rank(), get_world_size()
+    main = rank == 0
+    micro_size = cfg.batch_size // cfg.grad_accum
+    if micro_size % world_size:
+        raise ValueError(f"a micro-batch of {micro_size} windows (batch_size={cfg.batch_size} / grad_accum="
+                         f"{cfg.grad_accum}) cannot be split evenly over {world_size} processes")
     out_dir = Path(out_dir)
     state_path = out_dir / "train_state.pt"
     # No weight decay on biases, norms and embeddings' ... only on matrices used in matmuls (nanoGPT).
@@ -117,16 +165,20 @@ def pretrain(model, train_data: Dataset, val_data: Dataset, cfg: PretrainConfig,
         state = load_training_state(state_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        _restore_rng(state, device, cfg.seed, step=int(state["step"]))
         history = History(**state["history"])
         step = int(state["step"])
-        print(f"resumed from {state_path} at step {step}")
+        if main:
+            print(f"resumed from {state_path} at step {step}")
+            _warn_if_config_changed(state.get("config"), cfg)
     else:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + rank)  # dropout masks: rank 0 draws what a single process would
 
     tokens_per_step = cfg.batch_size * train_data[0][0].numel()
+    ddp_model = wrap_model(model, device)  # the model itself for one process
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="pre-training", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="pre-training", unit="step", dynamic_ncols=True,
+               disable=not main)
     t0, last_loss = time.perf_counter(), float("nan")
     while step < cfg.max_steps:
         lr = learning_rate(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr)
@@ -135,38 +187,93 @@ def pretrain(model, train_data: Dataset, val_data: Dataset, cfg: PretrainConfig,
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
-            inputs, targets = _collate([train_data[i] for i in batch_indices(step, micro, len(train_data), cfg)], device)
-            with autocast(device, cfg.bf16):
-                loss = lm_loss(model, inputs, targets) / cfg.grad_accum
-            loss.backward()
+            # This rank's share of the global micro-batch (all of it for one process).
+            indices = shard(batch_indices(step, micro, len(train_data), cfg), rank, world_size)
+            inputs, targets = _collate([train_data[i] for i in indices], device)
+            # DDP all-reduces gradients only in the last micro-batch's backward; before that
+            # each rank just accumulates into .grad (the forward must be inside no_sync too).
+            with sync_gradients(ddp_model, sync=micro == cfg.grad_accum - 1):
+                with autocast(device, cfg.bf16):
+                    loss = lm_loss(ddp_model, inputs, targets) / cfg.grad_accum
+                loss.backward()
             step_loss += loss.item()
+        step_loss = all_reduce_mean(step_loss)  # the global batch's loss, the same on every rank
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"training loss became {step_loss} at step {step}; lower the learning rate "
                                      f"(now {lr:.2e}) or check the data")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"gradient norm became {grad_norm.item()} at step {step} (loss {step_loss:.4f}); "
+                                     f"lower the learning rate (now {lr:.2e}) or use bf16/fp32 instead of fp16")
         optimizer.step()
         step += 1
         last_loss = step_loss
         bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            val = evaluate_lm(model, val_data, cfg.batch_size, device, cfg.eval_batches, cfg.bf16)
+            val = evaluate_lm(model, val_data, cfg.batch_size, device, cfg.eval_batches, cfg.bf16)  # on every rank
             history.steps.append(step)
             history.tokens.append(step * tokens_per_step)
             history.train_loss.append(last_loss)
             history.val_loss.append(val)
             history.lr.append(lr)
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix_str(f"loss {last_loss:.3f} | val {val:.3f} | lr {lr:.1e}")
-            tqdm.write(f"step {step:>5} | tokens {step * tokens_per_step:>9,} | loss {last_loss:.3f} | val {val:.3f} | "
-                       f"lr {lr:.2e} | {elapsed:.0f} s")
-            if on_eval is not None:
-                on_eval(step, model)
+            if main:
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix_str(f"loss {last_loss:.3f} | val {val:.3f} | lr {lr:.1e}")
+                tqdm.write(f"step {step:>5} | tokens {step * tokens_per_step:>9,} | loss {last_loss:.3f} | "
+                           f"val {val:.3f} | lr {lr:.2e} | {elapsed:.0f} s")
+                if on_eval is not None:
+                    on_eval(step, model)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
-            save_training_state(state_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                torch_rng=torch.get_rng_state(), step=step, history=history.__dict__)
+            rng = _rng_states(device, world_size)  # collective under torchrun: every rank takes part
+            if main:
+                save_training_state(state_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                    step=step, history=dataclasses.asdict(history), config=dataclasses.asdict(cfg),
+                                    world_size=world_size, **rng)
     bar.close()
-    save_model(model, out_dir / "model.safetensors")
+    if main:
+        save_model(model, out_dir / "model.safetensors")
+    barrier()  # the other ranks return once the files exist
     return history
+
+
+def _rng_states(device, world_size: int) -> dict:
+    """torch's random state(s) for the checkpoint: `torch_rng` (and `cuda_rng` on a GPU) of this
+    process, plus every rank's under torchrun, so that each rank's dropout resumes exactly."""
+    states = {"torch_rng": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    if world_size > 1:
+        states.update({f"{name}_per_rank": all_gather_tensor(t) for name, t in list(states.items())})
+    return states
+
+
+def _restore_rng(state: dict, device, seed: int, step: int) -> None:
+    rank, world_size = get_rank(), get_world_size()
+    saved_world_size = int(state.get("world_size", 1))
+    if saved_world_size != world_size:
+        # Data order and weights still resume exactly; dropout masks cannot (other ranks).
+        if rank == 0:
+            print(f"note: the checkpoint was written by {saved_world_size} process(es), this run has {world_size}; "
+                  f"dropout masks are re-seeded")
+        torch.manual_seed(seed + 1_000_003 * step + rank)
+        return
+    suffix = "_per_rank" if world_size > 1 else ""
+    pick = (lambda v: v[rank]) if world_size > 1 else (lambda v: v)
+    torch.set_rng_state(pick(state["torch_rng" + suffix]))
+    if torch.device(device).type == "cuda" and "cuda_rng" + suffix in state:
+        torch.cuda.set_rng_state(pick(state["cuda_rng" + suffix]), device)
+
+
+def _warn_if_config_changed(saved: dict | None, cfg: PretrainConfig) -> None:
+    """Resuming with another batch size, seed or schedule is allowed (e.g. more steps), but the
+    result is then not the uninterrupted run's: say so."""
+    if not saved:
+        return
+    changed = {k: (saved[k], v) for k, v in dataclasses.asdict(cfg).items() if k in saved and saved[k] != v}
+    if changed:
+        listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        print(f"note: resuming with a changed training config ({listing}); the run will differ from an "
+              f"uninterrupted one")
 
 
 def plot_losses(history: History, path: str | Path, title: str = "pre-training") -> Path:

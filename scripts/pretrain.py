@@ -3,6 +3,11 @@
     python scripts/pretrain.py                      # gpt-mini, ~30 min on a 2-core CPU with --bf16
     python scripts/pretrain.py --quick              # a tiny model for a few steps (tests, CI)
     python scripts/pretrain.py --ship data/gpt-mini # also write the shipped checkpoint + manifest
+    torchrun --nproc_per_node=2 scripts/pretrain.py --quick   # data-parallel: 2 processes, same global batch
+
+The device is picked automatically (CUDA, then Apple MPS, then CPU) unless --device names one;
+on CUDA the forward pass runs under bf16 autocast. Under torchrun every process takes an equal
+share of each global batch (--batch-size), and only rank 0 prints and writes files.
 
 The corpus: the nine Project Gutenberg novels and "The Verdict" in data/pretrain/, and the SMS
 messages of data/sms_spam/ that are NOT in the spam classifier's validation or test split
@@ -26,10 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from classify.data import unlabelled_sms_for_pretraining  # noqa: E402
-from gpt.checkpoint import save_model  # noqa: E402
+from gpt.checkpoint import atomic_write, save_model  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.data import TokenWindows, tokenize_documents  # noqa: E402
 from gpt.device import pick_device  # noqa: E402
+from gpt.distributed import cleanup, get_world_size, init_distributed, is_main_process  # noqa: E402
 from gpt.generate import generate_text  # noqa: E402
 from gpt.model import GPTModel  # noqa: E402
 from gpt.params import count_parameters  # noqa: E402
@@ -37,6 +43,8 @@ from gpt.train import PretrainConfig, plot_losses, pretrain  # noqa: E402
 
 PRETRAIN_DIR = ROOT / "data" / "pretrain"
 PROMPTS = ["Every effort moves you", "Congratulations! You have been selected to"]
+# --quick: a tiny model on The Verdict for a few steps. Flags given explicitly still win.
+QUICK = dict(preset="gpt-tiny", corpus="verdict", max_steps=20, eval_every=10, warmup_steps=5)
 
 
 def build_corpus(corpus: str, sms_repeat: int, seed: int):
@@ -69,28 +77,41 @@ def main(argv=None):
     p.add_argument("--sms-repeat", type=int, default=4, help="how often the SMS training messages are repeated")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: one pass over the corpus)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (same result, less memory)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=None, help="steps between resumable checkpoints (default: --eval-every)")
+    p.add_argument("--drop-rate", type=float, default=None, help="dropout (default: the preset's)")
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (default on CUDA; on CPUs with AVX512-BF16 it is ~1.7x faster)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default=str(ROOT / "runs" / "pretrain"), help="run folder: resumable state, final model, plot")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--ship", default=None, help="also write a float16 checkpoint + manifest.json + loss plot here")
-    p.add_argument("--quick", action="store_true", help="tiny model, The Verdict, 20 steps: a smoke test")
+    p.add_argument("--quick", action="store_true", help="tiny model, The Verdict, 20 steps: a smoke test (flags given explicitly win)")
     args = p.parse_args(argv)
     if args.quick:
-        args.preset, args.corpus, args.max_steps, args.eval_every, args.warmup_steps = "gpt-tiny", "verdict", 20, 10, 5
+        p.set_defaults(**QUICK)
+        args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    torch.manual_seed(args.seed)
+    device = init_distributed(pick_device(args.device))  # under torchrun: join the group (cuda:LOCAL_RANK on GPUs)
+    try:
+        return _run(args, argv, device)
+    finally:
+        cleanup()
 
-    cfg = GPTConfig.from_preset(args.preset)
+
+def _run(args, argv, device):
+    main_process = is_main_process()
+    log = print if main_process else (lambda *a, **k: None)  # only rank 0 prints
+    torch.manual_seed(args.seed)  # the same initial weights in every process
+
+    overrides = {} if args.drop_rate is None else {"drop_rate": args.drop_rate}
+    cfg = GPTConfig.from_preset(args.preset, **overrides)
     train_texts, val_texts, described = build_corpus(args.corpus, args.sms_repeat, args.seed)
     window = cfg.context_length
     train_data = TokenWindows(tokenize_documents(train_texts), window)
@@ -98,14 +119,20 @@ def main(argv=None):
     max_steps = args.max_steps or len(train_data) // args.batch_size
     tcfg = PretrainConfig(max_steps=max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                           min_lr=args.min_lr, warmup_steps=args.warmup_steps, eval_every=args.eval_every,
-                          save_every=args.eval_every, seed=args.seed, bf16=True if args.bf16 else None)
+                          save_every=args.save_every or args.eval_every, seed=args.seed,
+                          bf16=True if args.bf16 else None)
     model = GPTModel(cfg).to(device)
-    print(f"{args.preset}: {count_parameters(model):,} parameters | {len(train_data):,} training windows of "
-          f"{window} tokens | {max_steps} steps of {args.batch_size} windows on {device}")
-    samples_before = {q: generate_text(model, q, 20) for q in PROMPTS}
+    world_size = get_world_size()
+    log(f"{args.preset}: {count_parameters(model):,} parameters | {len(train_data):,} training windows of "
+        f"{window} tokens | {max_steps} steps of {args.batch_size} windows on {device}"
+        + (f" x {world_size} processes ({args.batch_size // world_size} windows each)" if world_size > 1 else ""))
+    # Greedy generation draws no random numbers, so rank 0 doing it alone keeps the ranks in step.
+    samples_before = {q: generate_text(model, q, 20) for q in PROMPTS} if main_process else {}
     t0 = time.perf_counter()
     history = pretrain(model, train_data, val_data, tcfg, args.out, device=device, resume=not args.no_resume)
     seconds = time.perf_counter() - t0
+    if not main_process:
+        return history
     out = Path(args.out)
     plot_losses(history, out / "loss.png", title=f"pre-training {args.preset}")
     samples_after = {q: generate_text(model, q, 30) for q in PROMPTS}
@@ -130,14 +157,17 @@ def main(argv=None):
             "final_train_loss": round(history.train_loss[-1], 4),
             "final_val_loss": round(history.val_loss[-1], 4),
             "wall_time_minutes": round(seconds / 60, 1),
-            "device": str(device) + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""),
+            "device": str(device) + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+            + (f" x {world_size} processes" if world_size > 1 else ""),
             "weights_dtype": "float16 (upcast to float32 on load)",
-            "command": "python scripts/pretrain.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": (f"torchrun --nproc_per_node={world_size} " if world_size > 1 else "python ")
+            + "scripts/pretrain.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "torch": torch.__version__,
             "samples": samples_after,
             "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
         }
-        (ship / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        with atomic_write(ship / "manifest.json") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
         print(f"shipped {ckpt} ({ckpt.stat().st_size / 1e6:.1f} MB), sha256 {manifest['sha256']}")
     return history
 
