@@ -1,0 +1,107 @@
+"""Solutions to the exercises of chapter 1 (notebooks/01_text_to_tokens.ipynb): text to tokens.
+
+Kept outside the notebooks so that a class can hand the notebooks out without the answers.
+Each function returns the numbers the answer rests on; tests/test_solutions_ch01.py checks them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gpt.data import TokenWindows
+from gpt.tokenizer import DATA_DIR, get_tokenizer, load_mergeable_ranks
+
+VERDICT_FILE = DATA_DIR / "pretrain" / "the-verdict.txt"
+
+
+def exercise_1_1(max_length: int = 256, strides: tuple[int, ...] = (128, 256)) -> dict[int, dict[str, int]]:
+    """Windows over *The Verdict* (5,145 tokens) for max_length=256 at two strides.
+
+    Answer: stride 128 gives 39 windows, stride 256 gives 20. Both cover the same 5,120 distinct target
+    positions (tokens 1 ... 5,120 of the stream; the last 25 tokens never fit a full window): half-overlapping
+    windows give about twice as many (input, target) pairs per epoch (39 * 256 = 9,984 vs 5,120), but every
+    target token inside the overlap is simply trained on twice, with a different amount of left context.
+    """
+    ids = get_tokenizer().encode(VERDICT_FILE.read_text(encoding="utf-8"))
+    result = {}
+    for stride in strides:
+        windows = TokenWindows(ids, max_length=max_length, stride=stride)
+        targets = set()
+        for start in windows.starts:
+            targets.update(range(start + 1, start + max_length + 1))  # positions of the target tokens
+        result[stride] = {"windows": len(windows), "target_tokens": len(windows) * max_length,
+                          "distinct_targets": len(targets)}
+    return result
+
+
+def bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> tuple[list[int], list[list[bytes]]]:
+    """Byte-pair encode one pre-tokenised piece (the loop of notebook section 1.3): start from single bytes,
+    merge the adjacent pair with the lowest rank until no adjacent pair is a token.
+    Returns (token ids, the list of splits after each merge)."""
+    parts = [bytes([b]) for b in piece]
+    steps = [parts]
+    while len(parts) > 1:
+        candidates = [(ranks[parts[i] + parts[i + 1]], i) for i in range(len(parts) - 1)
+                      if parts[i] + parts[i + 1] in ranks]
+        if not candidates:
+            break
+        _, i = min(candidates)
+        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
+        steps.append(parts)
+    return [ranks[p] for p in parts], steps
+
+
+def exercise_1_2(text: str = "Akwirw ier") -> dict:
+    """The tokens of "Akwirw ier" and the merge steps of its pieces.
+
+    Answer: [33901, 86, 343, 86, 220, 959] = 'Ak' 'w' 'ir' 'w' ' ' 'ier'. The split pattern first cuts the text
+    into 'Akwirw' and ' ier' (the space belongs to the word after it). Merging ' ier' starts from
+    ' ', 'i', 'e', 'r'; the lowest-ranked pairs are 'er' (263) and then 'i'+'er' = 'ier' (959); ' ier' is not in
+    the vocabulary, so no merge involves the space and it stays a token of its own (220).
+    'Akwirw' ends as 'Ak' 'w' 'ir' 'w': neither 'wir' nor 'irw' is a token.
+    """
+    tokenizer = get_tokenizer()
+    ranks = load_mergeable_ranks()
+    ids = tokenizer.encode(text)
+    return {
+        "ids": ids,
+        "pieces": [tokenizer.decode_single_token_bytes(i) for i in ids],
+        "steps": {word: bpe_merge(word.encode("utf-8"), ranks)[1] for word in ("Akwirw", " ier")},
+    }
+
+
+def exercise_1_3(vocab_size: int = 50257, emb_dim: int = 16, seed: int = 123) -> float:
+    """nn.Embedding vs nn.Linear on one-hot vectors: returns the largest absolute difference (0.0: identical).
+
+    Answer: with linear.weight = embedding.weight.T (nn.Linear stores (out, in) = (emb_dim, vocab_size)),
+    one_hot(ids) @ W equals the lookup W[ids]. The lookup is what you want: it reads T rows instead of
+    multiplying a (T, 50,257) matrix that is 99.998 % zeros, and never allocates the one-hot tensor.
+    (Backward is a sparse row update as well.)
+    """
+    torch.manual_seed(seed)
+    embedding = nn.Embedding(vocab_size, emb_dim)
+    linear = nn.Linear(vocab_size, emb_dim, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(embedding.weight.T)  # (emb_dim, vocab_size)
+        ids = torch.randint(0, vocab_size, (2, 8))
+        one_hot = nn.functional.one_hot(ids, vocab_size).float()  # (2, 8, V)
+        return (linear(one_hot) - embedding(ids)).abs().max().item()
+
+
+def exercise_1_4(min_chars: int = 20) -> dict[str, tuple[float, str]]:
+    """SMS messages (at least `min_chars` characters) with the most and the fewest tokens per character.
+
+    Answer: the cheapest are plain, common English words ("That seems unnecessarily hostile": 32 characters,
+    4 tokens, 0.125 tokens per character). The most expensive is "S:)s.nervous  &lt;#&gt; :)" (26 characters,
+    17 tokens, 0.654 per character): smileys, punctuation glued to letters, double spaces and the HTML entities
+    `&lt;#&gt;` that the data set uses as a placeholder. BPE learned merges for frequent English character
+    sequences; punctuation runs, rare letter sequences, digits (merged in short runs only) and unusual
+    capitalisation fall apart into short pieces.
+    """
+    from classify.data import load_sms_spam
+
+    tokenizer = get_tokenizer()
+    texts = [e.text for e in load_sms_spam() if len(e.text) >= min_chars]
+    ratios = [(len(ids) / len(text), text) for ids, text in zip(tokenizer.encode_ordinary_batch(texts), texts)]
+    return {"fewest": min(ratios), "most": max(ratios)}
