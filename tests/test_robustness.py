@@ -211,9 +211,6 @@ def test_interrupted_single_file_adapter_save_keeps_the_previous_adapter(tmp_pat
     assert os.listdir(tmp_path) == ["spam.safetensors"]
 
 
-@pytest.mark.xfail(strict=True, reason="lora/adapters.py writes adapter.safetensors and adapter_config.json one "
-                                       "after the other; a save interrupted between them leaves a pair that "
-                                       "read_adapter refuses (sha256 differs). Fix proposed in helper R's report.")
 def test_interrupted_folder_adapter_save_leaves_a_loadable_adapter(tmp_path, monkeypatch):
     import lora
 
