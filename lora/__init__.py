@@ -10,9 +10,19 @@ Read in this order:
     adapters.py         save_adapter / load_adapter (safetensors + JSON, base fingerprint)
     peft_format.py      export_peft_adapter (PEFT's format for transformers' GPT-2)
 
+Other parameter-efficient methods, next to LoRA for the measured comparison (benchmarks/):
+    bottleneck_adapter.py  Houlsby-style adapters after attention and feed-forward
+    prefix_tuning.py       learned key/value prefixes per layer (Li & Liang 2021)
+    dora.py                DoRA: magnitude and direction (Liu et al. 2024)
+
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685.
 """
 
+from lora.bottleneck_adapter import (BottleneckAdapter, ModuleWithAdapter, apply_bottleneck_adapters,
+                                     bottleneck_adapters, bottleneck_parameter_count, remove_bottleneck_adapters)
+from lora.dora import LinearWithDoRA, apply_dora, dora_parameter_count, merge_dora
+from lora.prefix_tuning import (AttentionWithPrefix, PrefixEncoder, ShiftedPositionEmbedding, apply_prefix_tuning,
+                                context_left, init_prefix_from_tokens, prefix_parameter_count, prefix_tuning_kv)
 from lora.adapters import base_fingerprint, load_adapter, read_adapter, save_adapter
 from lora.apply import (active_adapter, adapter_configs, add_adapter, apply_lora, base_parameters, delete_adapter,
                         disable_adapters, enable_adapters, lora_modules, lora_parameter_report, lora_state_dict,
@@ -34,4 +44,9 @@ __all__ = [
     "merge_lora", "unmerge_lora", "is_merged",
     "save_adapter", "load_adapter", "read_adapter", "base_fingerprint", "export_peft_adapter",
     "lora_parameter_count", "full_parameter_count", "reduction", "lora_trainable_count",
+    "BottleneckAdapter", "ModuleWithAdapter", "apply_bottleneck_adapters", "bottleneck_adapters",
+    "bottleneck_parameter_count", "remove_bottleneck_adapters",
+    "LinearWithDoRA", "apply_dora", "dora_parameter_count", "merge_dora",
+    "AttentionWithPrefix", "PrefixEncoder", "ShiftedPositionEmbedding", "apply_prefix_tuning", "context_left",
+    "init_prefix_from_tokens", "prefix_parameter_count", "prefix_tuning_kv",
 ]
