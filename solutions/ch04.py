@@ -1,0 +1,183 @@
+"""Solutions to the exercises of chapter 4 (notebooks/04_pretraining.ipynb): pre-training.
+
+Kept outside the notebooks so that a class can hand the notebooks out without the answers.
+Each function returns the numbers the answer rests on; tests/test_solutions_ch04.py checks them.
+Exercise 4.5 is a discussion: see solutions/ch04.md.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from gpt.config import GPTConfig
+from gpt.data import TokenWindows, tokenize_documents
+from gpt.generate import generate
+from gpt.model import GPTModel
+from gpt.tokenizer import DATA_DIR
+from gpt.train import PretrainConfig, evaluate_lm, pretrain
+
+VERDICT_FILE = DATA_DIR / "pretrain" / "the-verdict.txt"
+CPU = torch.device("cpu")
+
+
+def verdict_windows(context_length: int = 64) -> tuple[TokenWindows, TokenWindows]:
+    """The notebook's split: the first 90 % of The Verdict for training, the last 10 % held out."""
+    text = VERDICT_FILE.read_text(encoding="utf-8")
+    cut = int(0.9 * len(text))
+    return (TokenWindows(tokenize_documents([text[:cut]]), context_length),
+            TokenWindows(tokenize_documents([text[cut:]]), context_length))
+
+
+def exercise_4_1(seed: int = 123, head_std: float = 1.0) -> dict[str, float]:
+    """The loss of an untrained gpt-tiny on the held-out windows, against ln V.
+
+    Answer: 10.83 nats against ln 50,257 = 10.825 (perplexity ~50,460 vs V = 50,257). GPT-2's
+    initialisation draws the weights from N(0, 0.02), so the logits are all close to 0 (standard
+    deviation 0.11 here) and the softmax is nearly uniform over the 50,257 tokens: the loss of uniform
+    guessing is exactly ln V. With the output layer (tied to the embedding) drawn from N(0, 1) instead,
+    the logits have a standard deviation of several units (dot products of 32 features), the softmax
+    is confidently wrong at random, and the loss is 31.7 nats at this seed, about 21 nats worse than
+    knowing nothing. A good initialisation starts at "knows nothing" (ln V), not at "sure of the wrong
+    answer".
+    """
+    _, val = verdict_windows()
+    cfg = GPTConfig.from_preset("gpt-tiny")
+    torch.manual_seed(seed)
+    model = GPTModel(cfg)
+    loss = evaluate_lm(model, val, batch_size=8, device=CPU)
+    with torch.no_grad():
+        logit_std = float(model.eval()(val[0][0].unsqueeze(0)).std())
+        model.tok_emb.weight.normal_(0.0, head_std)  # the tied output head gets the same weights
+    loss_large = evaluate_lm(model, val, batch_size=8, device=CPU)
+    return {"loss": loss, "ln_V": math.log(cfg.vocab_size), "perplexity": math.exp(loss), "logit_std": logit_std,
+            "loss_large_init": loss_large}
+
+
+def exercise_4_2(seed: int = 123, temperatures=(0.5, 1.0, 3.0)) -> dict:
+    """Top-k with k = 1 is greedy at any temperature; softmax(z / T) -> one-hot (T -> 0) and uniform (T -> inf).
+
+    Answer: with k = 1 every logit but the largest is set to -inf before the softmax, so the one survivor
+    has probability 1 whatever the temperature: the sampled text equals the greedy text. For the limits,
+    softmax(z / T)_i = 1 / sum_j exp((z_j - z_i) / T): for the argmax every exponent is <= 0 and tends to
+    -inf as T -> 0 (except its own term), so its probability tends to 1; as T -> inf every exponent tends
+    to 0 and every probability to 1 / V.
+    """
+    torch.manual_seed(seed)
+    model = GPTModel(GPTConfig.from_preset("gpt-tiny")).eval()
+    prompt = torch.tensor([[6109, 3626, 6100, 345]])  # "Every effort moves you"
+    greedy = generate(model, prompt, max_new_tokens=6)
+    same = {t: torch.equal(generate(model, prompt, max_new_tokens=6, temperature=t, top_k=1,
+                                    generator=torch.Generator().manual_seed(seed)), greedy) for t in temperatures}
+    z = torch.tensor([2.0, 1.0, 0.5, -1.0])
+    cold = torch.softmax(z / 0.01, dim=-1)
+    hot = torch.softmax(z / 1e4, dim=-1)
+    return {"top1_equals_greedy": same, "cold": cold, "hot": hot}
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def exercise_4_3(out_dir: str | Path, steps: int = 8, crash_at: int = 6, seed: int = 123) -> dict:
+    """Crash a pre-training run at step `crash_at`, resume it, compare with a run that never stopped.
+
+    Answer: `pretrain` saves train_state.pt (model, optimizer moments, step, history, torch's random
+    state) every `save_every` steps; the data order is a function of (seed, epoch) and the learning rate
+    a function of the step. The callback raises at step 6, after the evaluation and before the step-6
+    save, so the last checkpoint is step 4 and steps 5 and 6 are redone after resuming. With dropout on
+    (gpt-tiny's 0.1), the restored random state reproduces the same dropout masks, and the final weights
+    are bit-identical (torch.equal) to the uninterrupted run's.
+    """
+    out_dir = Path(out_dir)
+    train, val = verdict_windows(context_length=32)
+    cfg = PretrainConfig(max_steps=steps, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=2, eval_batches=1,
+                         save_every=2, seed=seed)
+    tiny = GPTConfig.from_preset("gpt-tiny", context_length=32)
+
+    torch.manual_seed(seed)
+    straight = GPTModel(tiny)
+    pretrain(straight, train, val, cfg, out_dir / "straight", resume=False)
+
+    def crash(step, model):
+        if step == crash_at:
+            raise SimulatedCrash(f"simulated crash at step {step}")
+
+    torch.manual_seed(seed)
+    model = GPTModel(tiny)
+    try:
+        pretrain(model, train, val, cfg, out_dir / "crashed", resume=False, on_eval=crash)
+    except SimulatedCrash:
+        pass
+    saved_step = int(torch.load(out_dir / "crashed" / "train_state.pt", weights_only=True)["step"])
+    torch.manual_seed(999)  # a fresh process would have another random state: the checkpoint must restore it
+    resumed = GPTModel(tiny)  # fresh weights, overwritten from the checkpoint
+    history = pretrain(resumed, train, val, cfg, out_dir / "crashed", resume=True)
+    a, b = straight.state_dict(), resumed.state_dict()
+    return {"saved_step": saved_step, "identical": all(torch.equal(a[k], b[k]) for k in a),
+            "final_val_loss": history.val_loss[-1]}
+
+
+def gpt_to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
+    """Exercise 4.4: our GPTModel's weights under GPT-2's names and layout (the inverse of
+    gpt.weights.hf_to_gpt_state_dict). Conv1D weights are stored (in, out): transpose every linear
+    weight back; the separate W_query / W_key / W_value are concatenated into c_attn's [q | k | v]."""
+    cfg = model.cfg
+    sd = model.state_dict()
+    out = {"wte.weight": sd["tok_emb.weight"], "wpe.weight": sd["pos_emb.weight"],
+           "ln_f.weight": sd["final_norm.scale"], "ln_f.bias": sd["final_norm.shift"]}
+    for i in range(cfg.n_layers):
+        ours, hf = f"trf_blocks.{i}.", f"h.{i}."
+        if cfg.attention == "fused":
+            qkv_w = sd[ours + "att.qkv.weight"]  # (3d, d), rows [q | k | v]
+            qkv_b = sd.get(ours + "att.qkv.bias")
+        else:
+            qkv_w = torch.cat([sd[ours + f"att.{n}.weight"] for n in ("W_query", "W_key", "W_value")])
+            qkv_b = (torch.cat([sd[ours + f"att.{n}.bias"] for n in ("W_query", "W_key", "W_value")])
+                     if cfg.qkv_bias else None)
+        out[hf + "attn.c_attn.weight"] = qkv_w.T  # (d, 3d): Conv1D layout
+        out[hf + "attn.c_attn.bias"] = qkv_b if qkv_b is not None else torch.zeros(qkv_w.shape[0])
+        out[hf + "attn.c_proj.weight"] = sd[ours + "att.out_proj.weight"].T
+        out[hf + "attn.c_proj.bias"] = sd[ours + "att.out_proj.bias"]
+        out[hf + "ln_1.weight"], out[hf + "ln_1.bias"] = sd[ours + "norm1.scale"], sd[ours + "norm1.shift"]
+        out[hf + "ln_2.weight"], out[hf + "ln_2.bias"] = sd[ours + "norm2.scale"], sd[ours + "norm2.shift"]
+        out[hf + "mlp.c_fc.weight"] = sd[ours + "ff.layers.0.weight"].T
+        out[hf + "mlp.c_fc.bias"] = sd[ours + "ff.layers.0.bias"]
+        out[hf + "mlp.c_proj.weight"] = sd[ours + "ff.layers.2.weight"].T
+        out[hf + "mlp.c_proj.bias"] = sd[ours + "ff.layers.2.bias"]
+    out = {"transformer." + k: v.contiguous() for k, v in out.items()}
+    out["lm_head.weight"] = sd["out_head.weight"]
+    return out
+
+
+def exercise_4_4(seed: int = 123) -> dict:
+    """Move a random GPTModel into transformers' GPT2LMHeadModel and compare logits.
+
+    Answer: GPT-2 always has c_attn biases, so a model without qkv_bias maps to zero biases (same function).
+    transformers' GPT-2 computes the same function: the logits agree to float rounding (on this CPU they
+    are even bit-identical, max |difference| 0.0); the separate and the fused layout give the same
+    checkpoint. An untied model (GPTConfig's
+    default) needs tie_word_embeddings=False on the transformers side.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    results = {}
+    for attention in ("separate", "fused"):
+        cfg = GPTConfig.from_preset("gpt-tiny", drop_rate=0.0, attention=attention)
+        torch.manual_seed(seed)
+        ours = GPTModel(cfg).eval()
+        hf = GPT2LMHeadModel(GPT2Config(n_embd=cfg.emb_dim, n_layer=cfg.n_layers, n_head=cfg.n_heads,
+                                        n_positions=cfg.context_length, vocab_size=cfg.vocab_size,
+                                        tie_word_embeddings=cfg.tie_weights, resid_pdrop=0.0, embd_pdrop=0.0,
+                                        attn_pdrop=0.0)).eval()
+        missing, unexpected = hf.load_state_dict(gpt_to_hf_state_dict(ours), strict=False)
+        # Only the causal-mask buffers of older transformers versions may be left unset.
+        missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]
+        ids = torch.tensor([[6109, 3626, 6100, 345, 11, 290]])
+        with torch.no_grad():
+            diff = float((ours(ids) - hf(ids).logits).abs().max())
+        results[attention] = {"missing": missing, "unexpected": list(unexpected), "max_abs_diff": diff}
+    return results
+

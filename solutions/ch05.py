@@ -1,0 +1,157 @@
+"""Solutions to the exercises of chapter 5 (notebooks/05_low_rank_math.ipynb): the low-rank math.
+
+Kept outside the notebooks so that a class can hand the notebooks out without the answers.
+Each function returns the numbers the answer rests on; tests/test_solutions_ch05.py checks them.
+The discussion parts are in solutions/ch05.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lora.counts import full_parameter_count, lora_parameter_count
+from lora.layers import LoRALayer
+
+
+def exercise_5_1(d: int = 64, k: int = 48, r: int = 4, seed: int = 123) -> dict[str, int]:
+    """Ranks of a LoRA update, of the sum of two, and of a merged weight.
+
+    Answer: BA maps through an r-dimensional space (every column of BA is a combination of B's r columns),
+    so rank(BA) <= r, with equality for random B and A. rank(X + Y) <= rank(X) + rank(Y), so two merged
+    rank-r adapters add an update of rank <= 2r (here exactly 2r). W + BA for a full-rank W stays full-rank
+    (min(d, k)): merging never makes a model "low-rank"; only the *change* is. Merging two adapters into
+    one model therefore equals one adapter of rank 2r, not of rank r: their sum is not a rank-r LoRA.
+    Computed in float64 so that the rank decisions are not blurred by float32 rounding.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    B1, A1, B2, A2 = randn(d, r), randn(r, k), randn(d, r), randn(r, k)
+    W = randn(d, k)
+    rank = lambda X: int(torch.linalg.matrix_rank(X))  # noqa: E731
+    return {"rank_BA": rank(B1 @ A1), "rank_sum": rank(B1 @ A1 + B2 @ A2), "rank_W": rank(W),
+            "rank_W_plus_BA": rank(W + B1 @ A1), "rank_zero_B": rank(torch.zeros(d, r, dtype=torch.float64) @ A1)}
+
+
+def exercise_5_2(shapes=((768, 768), (512, 64), (10, 8))) -> dict[tuple[int, int], dict]:
+    """The rank at which LoRA stops saving parameters: r (d + k) = d k  <=>  r* = d k / (d + k).
+
+    Answer: 768 x 768: r* = 384 exactly (r = 384 costs the same 589,824, r = 385 costs more);
+    512 x 64: r* = 56.9, r = 57 is the first rank that costs more (32,832 > 32,768);
+    10 x 8: r* = 4.44, r = 5 costs 90 > 80. At r* the "low-rank" update is no longer low-rank in any
+    useful sense (for a square matrix r* = d / 2, half the full rank), so in practice r stays far below it.
+    """
+    out = {}
+    for d, k in shapes:
+        break_even = d * k / (d + k)
+        first_worse = next(r for r in range(1, min(d, k) + 2) if lora_parameter_count(d, k, r) > full_parameter_count(d, k))
+        out[(d, k)] = {"break_even": break_even, "first_worse_rank": first_worse,
+                       "cost_at_first_worse": lora_parameter_count(d, k, first_worse), "full": full_parameter_count(d, k)}
+    return out
+
+
+def exercise_5_3(d_in: int = 32, d_out: int = 24, r: int = 16, seed: int = 123) -> dict[str, float]:
+    """The three scalings are one function family: only the constant in front of x A B differs.
+
+    Answer: "alpha" multiplies by alpha (16), "alpha/r" by alpha / r, "alpha/sqrt(r)" by alpha / sqrt(r).
+    With the same A and B, alpha=16 under "alpha" equals alpha = 16 * 16 = 256 under "alpha/r", and
+    alpha=16 under "alpha/sqrt(r)" equals alpha = 16 * 4 = 64 under "alpha/r" (outputs identical up to
+    float rounding). They still train differently: AdamW normalises each parameter's step to about the
+    learning rate whatever the gradient's size, so the change of A and B per step is the same in all
+    three, and the change of the *output* is proportional to the scale. The first printing's "alpha" at
+    r = 16 therefore moves the model 16x further per step than "alpha/r" at the same learning rate
+    (roughly like a 16x larger learning rate), which is what degrades training in notebook section 5.6.
+    """
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(d_in, r, generator=g)
+    B = torch.randn(r, d_out, generator=g)
+    x = torch.randn(5, d_in, generator=g)
+
+    def branch(alpha, scaling):
+        layer = LoRALayer(d_in, d_out, rank=r, alpha=alpha, scaling=scaling)
+        with torch.no_grad():
+            layer.lora_A.copy_(A)
+            layer.lora_B.copy_(B)
+        return layer(x).detach()
+
+    first_printing, as_alpha_r = branch(16, "alpha"), branch(16 * r, "alpha/r")
+    rslora, as_alpha_r_sqrt = branch(16, "alpha/sqrt(r)"), branch(16 * math.sqrt(r), "alpha/r")
+    return {"max_diff_alpha": float((first_printing - as_alpha_r).abs().max()),
+            "max_diff_sqrt": float((rslora - as_alpha_r_sqrt).abs().max()),
+            "ratio_alpha_vs_alpha_r": float(first_printing.norm() / branch(16, "alpha/r").norm())}
+
+
+def svd_init(delta_w: torch.Tensor, r: int, alpha: float = 16.0) -> LoRALayer:
+    """A LoRA branch whose update is the best rank-r approximation of `delta_w` (d_out, d_in).
+
+    delta_w = U S V^T. The branch computes scale * x A B, i.e. its update in nn.Linear's layout is
+    scale * (A B)^T = scale * B^T A^T. Put the singular values' square roots on both sides:
+    A = V_r sqrt(S_r) (d_in, r), B = sqrt(S_r) U_r^T / scale (r, d_out); then scale * (A B)^T = U_r S_r V_r^T.
+    (PiSSA, Meng et al. 2024, initialises LoRA from the SVD of W itself in the same way.)
+    """
+    d_out, d_in = delta_w.shape
+    U, S, Vh = torch.linalg.svd(delta_w, full_matrices=False)
+    layer = LoRALayer(d_in, d_out, rank=r, alpha=alpha)
+    root = S[:r].sqrt()
+    with torch.no_grad():
+        layer.lora_A.copy_(Vh[:r].T * root)  # (d_in, r)
+        layer.lora_B.copy_(root[:, None] * U[:, :r].T / layer.scale)  # (r, d_out)
+    return layer
+
+
+def exercise_5_4(d_out: int = 40, d_in: int = 30, true_rank: int = 4, seed: int = 123) -> dict[str, float]:
+    """Initialise LoRA from the SVD of a rank-4 update and measure the error at r = 4 and r = 2.
+
+    Answer: at r = 4 the branch reproduces x delta_W^T exactly (up to float rounding, ~1e-6); at r = 2 the
+    Frobenius error of its update is sqrt(sigma_3^2 + sigma_4^2), the Eckart-Young bound, and no rank-2
+    update can do better.
+    """
+    g = torch.Generator().manual_seed(seed)
+    delta = torch.randn(d_out, true_rank, generator=g) @ torch.randn(true_rank, d_in, generator=g)
+    S = torch.linalg.svdvals(delta)
+    x = torch.randn(7, d_in, generator=g)
+    exact = svd_init(delta, true_rank)
+    half = svd_init(delta, 2)
+    return {
+        "output_error_r4": float((exact(x).detach() - x @ delta.T).abs().max()),
+        "update_error_r4": float(torch.linalg.norm(exact.delta_weight().detach().T - delta)),
+        "update_error_r2": float(torch.linalg.norm(half.delta_weight().detach().T - delta)),
+        "eckart_young_r2": float(S[2:].square().sum().sqrt()),
+        "norm": float(torch.linalg.norm(delta)),
+    }
+
+
+def exercise_5_5(d_in: int = 16, d_out: int = 12, r: int = 4, seed: int = 123) -> dict[str, dict[str, float]]:
+    """Gradients of a LoRA branch at initialisation for three choices of which matrix starts at zero.
+
+    With y = scale * x A B and a loss L: dL/dB = scale * (x A)^T g and dL/dA = scale * x^T (g B^T),
+    g = dL/dy. Answer:
+      * A random, B = 0 (LoRA's choice): the branch outputs 0 (the model starts exactly at the base);
+        B gets a non-zero gradient, A's gradient is 0 for this first step only. After one step B != 0
+        and both learn.
+      * A = 0, B random: also starts at 0, mirrored: only A gets a gradient at first. It works too; the
+        convention simply follows Hu et al. (and PEFT, loralib).
+      * both 0: both gradients are 0 forever (each contains the other matrix): the adapter never learns.
+      * both random: learns, but the model no longer starts at the pre-trained function.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, d_in, generator=g)
+    target = torch.randn(8, d_out, generator=g)
+    out = {}
+    for case in ("A random, B zero", "A zero, B random", "both zero", "both random"):
+        layer = LoRALayer(d_in, d_out, rank=r, alpha=2 * r)
+        with torch.no_grad():
+            layer.lora_A.copy_(torch.randn(d_in, r, generator=g) if "A random" in case or case == "both random"
+                               else torch.zeros(d_in, r))
+            layer.lora_B.copy_(torch.randn(r, d_out, generator=g) if "B random" in case or case == "both random"
+                               else torch.zeros(r, d_out))
+        y = layer(x)
+        loss = (y - target).square().mean()
+        loss.backward()
+        out[case] = {"output_norm": float(y.detach().norm()), "grad_A": float(layer.lora_A.grad.norm()),
+                     "grad_B": float(layer.lora_B.grad.norm())}
+    return out
