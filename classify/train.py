@@ -1,0 +1,242 @@
+"""Training loop for a GPT classifier: cross-entropy on the last real token, periodic evaluation.
+
+The book's `train_classifier_simple` (chapter 6) with a few things a reader will want:
+a progress bar, a history that says how many examples the model had seen at each evaluation,
+a clear error when the loss becomes NaN/inf (which step, which learning rate), a seed, an
+optional learning-rate schedule and gradient clipping, and plots of the curves.
+
+It also runs unchanged under DistributedDataParallel: the model is only ever called as a
+whole (`class_logits(model, ...)`), a DistributedSampler gets `set_epoch` so every epoch has
+a new order, counts and sums are all-reduced across processes before they are reported, and
+only rank 0 draws a progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from classify.model import class_logits
+from gpt.device import autocast
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if _distributed() else 1
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    """Sum numbers over all processes (identity without torch.distributed)."""
+    if not _distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def batch_loss(model, batch, device, bf16: bool | None = None):
+    """One batch -> (mean cross-entropy loss (scalar tensor), number correct, batch size).
+
+    batch: (input_ids (b, T), lengths (b,), labels (b,)) from classify.dataset.collate_trim.
+    """
+    input_ids, lengths, labels = (t.to(device) for t in batch)
+    with autocast(torch.device(device), bf16):
+        logits = class_logits(model, input_ids, lengths)  # (b, C)
+    logits = logits.float()  # the loss in float32 even under bf16 autocast
+    loss = F.cross_entropy(logits, labels)
+    correct = int((logits.argmax(dim=-1) == labels).sum())
+    return loss, correct, labels.numel()
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, max_batches: int | None = None, bf16: bool | None = None) -> dict:
+    """Accuracy and mean loss (per example) over `loader` (or its first max_batches batches), with
+    dropout off. Under torch.distributed the totals of all processes are combined, so give each
+    process its own shard (a DistributedSampler, which repeats a few examples to make the shards
+    equal: exact only when the set divides evenly); with the same full loader on every process
+    the accuracy is still right and "n" counts each example once per process.
+    Returns {"accuracy": fraction in [0, 1], "loss": nats per example, "n": examples}."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        loss, c, b = batch_loss(model, batch, device, bf16)
+        loss_sum += loss.item() * b
+        correct += c
+        n += b
+    model.train(was_training)
+    loss_sum, correct, n = _all_reduce_sum([loss_sum, correct, n], device)
+    if n == 0:
+        raise ValueError("evaluate: the loader yielded no examples")
+    return {"accuracy": correct / n, "loss": loss_sum / n, "n": int(n)}
+
+
+@dataclass
+class ClassifierHistory:
+    """One entry per evaluation. train_* are running averages over the training batches since the
+    previous evaluation (free: no extra forward pass; dropout on, weights changing);
+    val_* are measured on the validation loader with dropout off."""
+
+    step: list[int] = field(default_factory=list)  # optimizer steps done
+    examples_seen: list[int] = field(default_factory=list)  # training examples seen, all processes
+    epoch: list[float] = field(default_factory=list)  # fractional epochs done
+    lr: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # wall time since the start of training
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifierHistory":
+        return cls(**d)
+
+
+def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, device,
+                     eval_every: int = 50, eval_batches: int | None = None, seed: int | None = None,
+                     grad_clip: float | None = None, lr_schedule: Callable[[int], float] | None = None,
+                     max_steps: int | None = None, bf16: bool | None = None, progress: bool = True,
+                     log: Callable[[str], None] | None = tqdm.write) -> ClassifierHistory:
+    """Fine-tune `model` (only its parameters with requires_grad) in place; returns the history.
+
+    epochs: passes over train_loader. eval_every: evaluate every this many optimizer steps, and at
+    the end of every epoch. eval_batches: limit the validation pass (None = all of it).
+    seed: torch's global seed (dropout, LoRA dropout), set once at the start. The data order comes
+    from the loader's own generator (classify.dataset.make_loader) or its DistributedSampler.
+    lr_schedule: step -> learning rate, applied to every parameter group before each step
+    (None = the optimizer's constant rate, as in the book). max_steps: stop early (quick runs).
+    Raises FloatingPointError when the loss stops being finite.
+    """
+    import time
+
+    if epochs <= 0:
+        raise ValueError(f"epochs must be positive, got {epochs}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    history = ClassifierHistory()
+    steps_per_epoch = len(train_loader)
+    total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
+    world = _world_size()
+    step, seen = 0, 0
+    run_loss, run_correct, run_n = 0.0, 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc="fine-tuning", unit="step", dynamic_ncols=True,
+               disable=(None if progress else True) if _rank() == 0 else True)
+
+    def record(epoch_float: float) -> None:
+        nonlocal run_loss, run_correct, run_n
+        val = evaluate(model, val_loader, device, eval_batches, bf16)
+        loss_sum, correct, n = _all_reduce_sum([run_loss, run_correct, run_n], device)
+        history.step.append(step)
+        history.examples_seen.append(seen)
+        history.epoch.append(round(epoch_float, 4))
+        history.lr.append(optimizer.param_groups[0]["lr"])
+        history.train_loss.append(loss_sum / n if n else float("nan"))
+        history.train_accuracy.append(correct / n if n else float("nan"))
+        history.val_loss.append(val["loss"])
+        history.val_accuracy.append(val["accuracy"])
+        history.seconds.append(time.perf_counter() - t0)
+        run_loss, run_correct, run_n = 0.0, 0, 0
+        bar.set_postfix_str(f"loss {history.train_loss[-1]:.3f} | val acc {100 * val['accuracy']:.1f}%")
+        if log is not None and _rank() == 0:
+            log(f"epoch {epoch_float:5.2f} | step {step:>5} | seen {seen:>6,} | train loss {history.train_loss[-1]:.3f} "
+                f"acc {100 * history.train_accuracy[-1]:5.1f}% | val loss {val['loss']:.3f} "
+                f"acc {100 * val['accuracy']:5.1f}% | {history.seconds[-1]:.0f} s")
+
+    model.train()
+    for epoch in range(epochs):
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle every epoch
+            sampler.set_epoch(epoch)
+        for i, batch in enumerate(train_loader):
+            if max_steps is not None and step >= max_steps:
+                break
+            if lr_schedule is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_schedule(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss, correct, b = batch_loss(model, batch, device, bf16)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"the training loss became {value} at step {step} (epoch {epoch + 1}), learning rate "
+                    f"{optimizer.param_groups[0]['lr']:.2e}: lower the learning rate (or, for LoRA, alpha) "
+                    f"or clip gradients")
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+            optimizer.step()
+            step += 1
+            seen += b * world
+            run_loss += value * b
+            run_correct += correct
+            run_n += b
+            bar.update(1)
+            if eval_every and step % eval_every == 0:
+                record(epoch + (i + 1) / steps_per_epoch)
+        else:
+            if not history.step or history.step[-1] != step:
+                record(epoch + 1.0)
+            continue
+        break  # max_steps reached inside the epoch
+    if not history.step or history.step[-1] != step:
+        record(step / steps_per_epoch)
+    bar.close()
+    return history
+
+
+def plot_history(history: ClassifierHistory | dict, path: str | Path, title: str = "fine-tuning") -> Path:
+    """Loss and accuracy (train running average, validation) against examples seen, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = history if isinstance(history, dict) else history.to_dict()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    ax_loss.plot(h["examples_seen"], h["train_loss"], label="train (running)")
+    ax_loss.plot(h["examples_seen"], h["val_loss"], label="validation")
+    ax_loss.set_ylabel("cross-entropy (nats/example)")
+    ax_acc.plot(h["examples_seen"], [100 * a for a in h["train_accuracy"]], label="train (running)")
+    ax_acc.plot(h["examples_seen"], [100 * a for a in h["val_accuracy"]], label="validation")
+    ax_acc.set_ylabel("accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("training examples seen")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _atomic_savefig(fig, path: Path) -> None:
+    from gpt.checkpoint import atomic_write
+
+    with atomic_write(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+
+
+__all__ = ["ClassifierHistory", "batch_loss", "evaluate", "train_classifier", "plot_history"]

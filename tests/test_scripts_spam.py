@@ -1,0 +1,183 @@
+"""End to end, with the tiny model: scripts/finetune_spam.py --quick, scripts/classify.py on what it
+saved, and scripts/compare_finetuning.py --quick. Numbers are not a quality claim (a random
+2-layer model trained for 6 steps); what is checked is that the pieces fit: exact parameter counts,
+files written, and a reloaded classifier reproducing the trained one's test accuracy exactly."""
+
+import hashlib
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+from classify.base import describe_base  # noqa: E402
+from classify.data import spam_splits  # noqa: E402
+from gpt import GPTConfig, GPTModel  # noqa: E402
+from gpt.checkpoint import save_model  # noqa: E402
+
+
+def _script(name):
+    """Load scripts/<name>.py by path (scripts/ is not put on sys.path: its classify.py would shadow
+    the classify package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine two OpenMP threads
+    per process wait on each other (several times slower); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+finetune_spam = _script("finetune_spam")
+classify_script = _script("classify")
+compare = _script("compare_finetuning")
+
+# gpt-tiny + LoRA r=16 on all linear layers: per block 4 x 16 x (32 + 32) for W_query, W_key, W_value,
+# out_proj and 2 x 16 x (32 + 128) for the feed-forward pair = 9,216; two blocks; plus the 2-class head 66.
+TINY_LORA_TRAINABLE = 2 * 9_216 + 66  # 18,498
+TINY_FULL_TRAINABLE = 1_635_552 + 66  # every weight of gpt-tiny with the new head
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spam-lora")
+    result = finetune_spam.main(["--quick", "--out", str(out), "--no-progress"])
+    return out, result
+
+
+def _test_accuracy_via_classify(out):
+    test = spam_splits()["test"]
+    model, info = classify_script.load_classifier(out)
+    results = classify_script.classify_texts(model, info, [ex.text for ex in test])
+    labels = [info["labels"].index(r["label"]) for r in results]
+    return sum(l == ex.label for l, ex in zip(labels, test)) / len(test), results
+
+
+def test_quick_lora_run_writes_everything(lora_run):
+    out, result = lora_run
+    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "adapter_config.json", "classifier.json",
+                                                    "curves.png", "history.json"]
+    assert result["trainable_params"] == TINY_LORA_TRAINABLE
+    assert result["steps"] == 6 and result["history"]["step"] == [3, 6]
+    assert result["max_length"] == 64  # gpt-tiny's context: the 120-token training maximum is cut...
+    assert result["truncated"] == {"train": 10, "val": 1, "test": 4}  # ...and every cut is counted
+    saved = json.loads((out / "history.json").read_text())
+    assert saved["test_accuracy"] == result["test_accuracy"]
+    info = json.loads((out / "classifier.json").read_text())
+    assert info["base"] == "random:gpt-tiny" and info["method"] == "lora" and info["labels"] == ["ham", "spam"]
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_run_is_reproducible(lora_run, tmp_path):
+    _, first = lora_run
+    again = finetune_spam.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    assert again["history"]["train_loss"] == first["history"]["train_loss"]
+    assert again["test_accuracy"] == first["test_accuracy"]
+
+
+def test_classify_reproduces_the_trained_models_test_accuracy(lora_run):
+    out, result = lora_run
+    accuracy, _ = _test_accuracy_via_classify(out)
+    assert accuracy == result["test_accuracy"]
+
+
+def test_classify_cli_output_truncation_and_stdin(lora_run, capsys, monkeypatch):
+    out, _ = lora_run
+    long_text = "free " * 200
+    results = classify_script.main(["--adapter", str(out), "You won a free cruise, call now", long_text])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(r"(ham|spam) \(p=(0\.[5-9]\d|1\.00)\)\tYou won a free cruise, call now", lines[0])
+    assert "[truncated to its first 64 tokens]" in lines[1]  # stated, never silent
+    assert results[1]["truncated"] is True and results[1]["tokens"] == 64 and results[0]["truncated"] is False
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Ok lar... Joking wif u oni...\n\nWINNER!! call 09061701461\n"))
+    from_stdin = classify_script.main(["--adapter", str(out)])
+    assert len(from_stdin) == 2  # the blank line is skipped
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_classify_bad_input(lora_run, tmp_path):
+    out, _ = lora_run
+    with pytest.raises(ValueError, match="empty"):
+        classify_script.main(["--adapter", str(out), "   "])
+    with pytest.raises(FileNotFoundError, match="classifier.json"):
+        classify_script.main(["--adapter", str(tmp_path), "hello"])
+
+
+def test_classify_refuses_a_base_that_does_not_match(lora_run, tmp_path):
+    out, _ = lora_run
+    other_shape = tmp_path / "one-layer.safetensors"
+    save_model(GPTModel(GPTConfig.from_preset("gpt-tiny", n_layers=1)), other_shape)
+    with pytest.raises(ValueError, match="another base model.*n_layers=2"):
+        classify_script.load_classifier(out, base=str(other_shape))
+    torch.manual_seed(999)  # same shape, other weights
+    other_weights = tmp_path / "other-weights.safetensors"
+    save_model(GPTModel(GPTConfig.from_preset("gpt-tiny")), other_weights)
+    with pytest.raises(ValueError, match="fingerprint differs"):
+        classify_script.load_classifier(out, base=str(other_weights))
+
+
+def test_quick_full_finetuning_saves_and_reloads(tmp_path):
+    result = finetune_spam.main(["--quick", "--method", "full", "--out", str(tmp_path), "--no-progress"])
+    assert result["trainable_params"] == TINY_FULL_TRAINABLE
+    assert (tmp_path / "classifier.safetensors").is_file() and not (tmp_path / "adapter.safetensors").exists()
+    accuracy, _ = _test_accuracy_via_classify(tmp_path)
+    assert accuracy == result["test_accuracy"]
+
+
+def test_missing_base_model_says_what_to_do():
+    with pytest.raises(FileNotFoundError, match="not found"):
+        describe_base("data/no-such-model")
+    with pytest.raises(ValueError, match="unknown preset"):
+        describe_base("random:gpt-huge")
+
+
+def test_quick_comparison_writes_table_json_curves_and_floor(tmp_path):
+    base = tmp_path / "tiny.safetensors"  # a checkpoint base (like data/gpt-mini), so every row runs
+    torch.manual_seed(5)
+    save_model(GPTModel(GPTConfig.from_preset("gpt-tiny")), base)
+    results = tmp_path / "results"
+    # Extra flags go to every finetune_spam.py run: with a constant learning rate the default recipe
+    # is the book's, so the scale-alpha/r row has the same settings as lora-separate.
+    report = compare.main(["--quick", "--model", str(base), "--results", str(results), "--runs", str(tmp_path / "runs"),
+                           "--schedule", "constant"])
+    assert sorted(p.name for p in results.iterdir()) == ["spam_comparison.json", "spam_comparison.md",
+                                                         "spam_curves.png", "spam_floor.json"]
+    rows = report["rows"]
+    assert list(rows) == list(compare.ROWS)
+    trainable = {name: row["trainable_params"] for name, row in rows.items()}
+    assert trainable == {"lora-separate": TINY_LORA_TRAINABLE, "lora-fused": TINY_LORA_TRAINABLE,
+                         "full": TINY_FULL_TRAINABLE, "last-block": 12_608 + 64 + 66, "head": 66,
+                         "lora-random-base": TINY_LORA_TRAINABLE, "scale-alpha/r": TINY_LORA_TRAINABLE,
+                         "scale-alpha": TINY_LORA_TRAINABLE}
+    # Same settings, same numbers: that row reuses the lora-separate runs instead of repeating them.
+    assert report["meta"]["same_as"] == {"scale-alpha/r": "lora-separate"}
+    runs = report["runs"]
+    assert runs["lora-random-base"][0]["base"] == "random:gpt-tiny"  # a random base of the checkpoint's shape
+    assert runs["lora-random-base"][0]["test_accuracy"] != runs["lora-separate"][0]["test_accuracy"]
+    assert runs["scale-alpha"][0]["lora"]["scaling"] == "alpha" and runs["scale-alpha/r"][0]["lora"]["scaling"] == "alpha/r"
+    assert all(r["schedule"] == "constant" for rs in runs.values() for r in rs)
+    assert runs["lora-fused"][0]["attention"] == "fused"
+    saved = json.loads((results / "spam_comparison.json").read_text())
+    assert saved["rows"]["full"]["test_accuracy"] == rows["full"]["test_accuracy"]
+    assert set(saved["curves"]) == set(compare.ROWS) - {"scale-alpha/r"}
+    table = (results / "spam_comparison.md").read_text()
+    assert table.count("\n| ") == 1 + len(compare.ROWS)  # header + one line per row
+    assert "| head | head only | 66 |" in table
+    floor = json.loads((results / "spam_floor.json").read_text())
+    assert floor["base_sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
+    assert floor["lora_test_accuracy_mean"] == rows["lora-separate"]["test_accuracy"]
+    assert floor["meets_floor"] == (rows["lora-separate"]["test_accuracy"] >= 0.94)
