@@ -1,0 +1,412 @@
+"""Chapter 8 script: adapters in practice, from the command line (notebooks/08_adapters_in_practice.ipynb).
+
+    python scripts/ch08_adapters.py            # the shipped gpt-mini: a spam and a sentiment adapter (minutes on a CPU)
+    python scripts/ch08_adapters.py --quick    # a random gpt-tiny for a few steps (tests, CI)
+
+What it does, in order (figures and results.json go to --out):
+ 1. Data: the SMS spam set (the book's balanced 70/10/20 split, seed 123) and the 3,000 sentiment
+    sentences (Amazon, IMDb, Yelp; classify.data.load_sentiment) split 70/10/20 with seed 123.
+ 2. ONE base model with a new 2-class head. A SPAM adapter (LoRA + its own copy of the head,
+    `modules_to_save`) is trained; then a SENTIMENT adapter is added to the same base and trained.
+    Training the second adapter leaves the first bit-for-bit unchanged (checked).
+ 3. Both are saved with lora.save_adapter: under 1 MB each at r=8 against the base checkpoint's 35 MB
+    (08_file_sizes.png).
+ 4. A FRESH base is loaded and both adapters are put on it with lora.load_adapter: the saved config
+    re-applies LoRA with the training flags, so none are repeated here. Its logits equal the trained
+    model's. The adapters are swapped on that one base to classify a few texts with each.
+ 5. Loading the spam adapter onto a different base (other weights, other architecture) fails with an
+    error that says why.
+ 6. The spam adapter is merged for inference. Latency of the base, the unmerged and the merged model
+    at batch 1 and 8 (median of --repeats forward passes, variants alternating; 08_latency.png).
+    These are rough timings; benchmarks/bench_inference.py is the careful measurement.
+ 7. Test accuracy of each adapter on both test sets, and the training curves (08_training_curves.png).
+
+Hu et al. 2021, "LoRA", arXiv:2106.09685 (section 4.2: many task-specific adapters on one frozen base,
+switched by swapping A and B; no extra inference latency once merged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from classify.base import DEFAULT_BASE, describe_base, load_base  # noqa: E402
+from classify.data import load_sentiment, random_split, spam_splits  # noqa: E402
+from classify.dataset import ClassificationDataset, encode_for_classification, make_loader  # noqa: E402
+from classify.model import add_classification_head, class_logits  # noqa: E402
+from classify.train import evaluate, train_classifier  # noqa: E402
+from gpt.checkpoint import atomic_write  # noqa: E402
+from gpt.config import GPTConfig  # noqa: E402
+from gpt.model import GPTModel  # noqa: E402
+from lora import (LoraConfig, add_adapter, apply_lora, load_adapter, lora_parameter_report, merge_lora,  # noqa: E402
+                  save_adapter, set_active_adapter, unmerge_lora)
+
+QUICK = dict(model="random:gpt-tiny", max_steps=4, eval_every=2, repeats=3)
+TASKS = ("spam", "sentiment")
+LABELS = {"spam": ["ham", "spam"], "sentiment": ["negative", "positive"]}
+EXAMPLES = {
+    "spam": ["You are a winner! Call 09061701461 now to claim your 900 GBP prize. T&C apply",
+             "Hey, are we still meeting for lunch tomorrow at 12?",
+             "FREE entry into our weekly competition, text WIN to 80086 now!",
+             "Sorry, I'll call you later, I'm in a meeting"],
+    "sentiment": ["The battery lasts all day and the screen is gorgeous.",
+                  "Terrible service, the food was cold and the waiter was rude.",
+                  "I would definitely recommend this film to my friends.",
+                  "It broke after two days. Waste of money."],
+}
+
+
+@dataclass
+class Task:
+    """One classification task: its labels, data sets and loaders."""
+
+    name: str
+    labels: list[str]
+    train: ClassificationDataset
+    val: ClassificationDataset
+    test: ClassificationDataset
+    batch_size: int
+    seed: int
+
+    @property
+    def max_length(self) -> int:
+        return self.train.max_length
+
+    def loader(self, split: str):
+        if split == "train":
+            return make_loader(self.train, self.batch_size, shuffle=True, drop_last=True, seed=self.seed)
+        return make_loader(getattr(self, split), 4 * self.batch_size, sort_by_length=True)
+
+
+def load_tasks(context_length: int, batch_size: int = 8, seed: int = 123) -> dict[str, Task]:
+    """The spam and sentiment tasks, tokenised and padded to their longest training text."""
+    spam = spam_splits(seed=seed)
+    sentiment = dict(zip(("train", "val", "test"), random_split(load_sentiment(), 0.7, 0.1, seed)))
+    tasks = {}
+    for name, splits in (("spam", spam), ("sentiment", sentiment)):
+        train = ClassificationDataset(splits["train"], context_length=context_length)
+        val = ClassificationDataset(splits["val"], max_length=train.max_length)
+        test = ClassificationDataset(splits["test"], max_length=train.max_length)
+        tasks[name] = Task(name, LABELS[name], train, val, test, batch_size, seed)
+    return tasks
+
+
+def lora_config(args) -> LoraConfig:
+    return LoraConfig(rank=args.rank, alpha=args.alpha, targets=tuple(args.targets), modules_to_save=("out_head",))
+
+
+def train_adapter(model, task: Task, cfg: LoraConfig, epochs: int, args, log=print):
+    """Add adapter `task.name` to `model` (the first one with apply_lora), make it the active and only
+    trainable one, and train it on the task. Returns the ClassifierHistory."""
+    torch.manual_seed(args.seed)  # the adapter's A matrices
+    if getattr(model, "lora_adapters", None):
+        add_adapter(model, task.name, cfg)
+        set_active_adapter(model, task.name)
+    else:
+        apply_lora(model, cfg, adapter_name=task.name)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log(f"{task.name}: training {sum(p.numel() for p in trainable):,} parameters (LoRA r={cfg.rank} on "
+        f"{','.join(cfg.targets)} + its own 2-class head) of {sum(p.numel() for p in model.parameters()):,}")
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    return train_classifier(model, task.loader("train"), task.loader("val"), optimizer, epochs, "cpu",
+                            eval_every=args.eval_every, seed=args.seed, max_steps=args.max_steps,
+                            progress=not args.no_progress, log=log if not args.no_progress else None)
+
+
+@torch.no_grad()
+def classify(model, texts: list[str], labels: list[str], max_length: int) -> list[tuple[str, float]]:
+    """(label, probability) for each text with the model's active adapter."""
+    out = []
+    for text in texts:
+        ids, _ = encode_for_classification(text, max_length)
+        probs = torch.softmax(class_logits(model, torch.tensor([ids]), torch.tensor([len(ids)]))[0], dim=-1)
+        k = int(probs.argmax())
+        out.append((labels[k], float(probs[k])))
+    return out
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def different_base_errors(spec: str, adapter_dir: Path, seed: int) -> dict[str, str]:
+    """The errors load_adapter raises for a base with the same architecture but other weights (drawn
+    afresh with another seed), and for a base of another architecture."""
+    cfg = load_base(spec, drop_rate=0.0, seed=seed).cfg
+    other_arch = "gpt-mini" if cfg.emb_dim == GPTConfig.from_preset("gpt-tiny").emb_dim else "gpt-tiny"
+    errors = {}
+    for what, preset_cfg in (("same architecture, other weights", cfg),
+                             (f"another architecture ({other_arch})", GPTConfig.from_preset(other_arch))):
+        torch.manual_seed(seed + 1)
+        other = GPTModel(preset_cfg)
+        try:
+            load_adapter(other, adapter_dir)
+            errors[what] = "(no error: the adapter loaded)"
+        except ValueError as err:
+            errors[what] = str(err)
+    return errors
+
+
+def median_latency_ms(variants: dict, inputs: dict, repeats: int) -> dict[str, dict[str, float]]:
+    """Median forward-pass time (ms) of each variant for each input batch. variants: name -> (prepare, model)
+    where prepare() switches the model into that state (merge/unmerge); the variants alternate within
+    each repeat so that they share the machine's load."""
+    times = {b: {v: [] for v in variants} for b in inputs}
+    with torch.no_grad():
+        for b, x in inputs.items():
+            for name, (prepare, model) in variants.items():  # warm-up
+                prepare()
+                model(x)
+            for _ in range(repeats):
+                for name, (prepare, model) in variants.items():
+                    prepare()
+                    t0 = time.perf_counter()
+                    model(x)
+                    times[b][name].append(1e3 * (time.perf_counter() - t0))
+    return {b: {v: sorted(ts)[len(ts) // 2] for v, ts in row.items()} for b, row in times.items()}
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_file_sizes(sizes: dict[str, int], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    names, values = list(sizes), [v / 1e6 for v in sizes.values()]
+    bars = ax.barh(names, values, color=["#bbbbbb"] + ["#2a9d8f"] * (len(names) - 1))
+    for bar, v in zip(bars, sizes.values()):
+        label = f"{v / 1e6:.1f} MB" if v >= 1e6 else f"{v / 1e3:.0f} KB"
+        ax.text(bar.get_width() * 1.15, bar.get_y() + bar.get_height() / 2, label, va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(min(values) / 3, max(values) * 8)
+    ax.set_xlabel("file size (MB, log scale)")
+    ax.set_title("an adapter is a small file next to one shared base")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_training_curves(histories: dict, path: Path) -> None:
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    for name, h in histories.items():
+        h = h if isinstance(h, dict) else h.to_dict()
+        ax1.plot(h["examples_seen"], h["train_loss"], label=f"{name} (train, running)")
+        ax2.plot(h["examples_seen"], [100 * a for a in h["val_accuracy"]], "o-", ms=3, label=f"{name} (validation)")
+    ax1.set_ylabel("cross-entropy")
+    ax2.set_ylabel("accuracy (%)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("training examples seen")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("two adapters trained on one frozen base")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_latency(latency: dict, path: Path, note: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    batches = list(latency)
+    variants = list(latency[batches[0]])
+    width = 0.8 / len(variants)
+    colors = ["#bbbbbb", "#e76f51", "#2a9d8f"]
+    for i, v in enumerate(variants):
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(batches))]
+        ys = [latency[b][v] for b in batches]
+        bars = ax.bar(xs, ys, width, label=v, color=colors[i % len(colors)])
+        for bar, b in zip(bars, batches):
+            ratio = latency[b][v] / latency[b][variants[0]]
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{ratio:.2f}x", ha="center",
+                    va="bottom", fontsize=7)
+    ax.set_xticks(range(len(batches)))
+    ax.set_xticklabels([f"batch {b}" for b in batches])
+    ax.set_ylabel("median forward pass (ms)")
+    ax.set_title(f"latency, rough timing ({note})", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_BASE, help="base: a gpt.checkpoint folder/file, gpt2-small..., random[:preset]")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank r of both adapters")
+    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha of both adapters")
+    p.add_argument("--targets", nargs="+", default=["all-linear"], help="LoRA targets of both adapters")
+    p.add_argument("--lr", type=float, default=8e-4, help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    p.add_argument("--spam-epochs", type=int, default=3, help="epochs of the spam adapter (1,045 messages)")
+    p.add_argument("--sentiment-epochs", type=int, default=2, help="epochs of the sentiment adapter (2,100 sentences)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop each training after this many steps")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--eval-every", type=int, default=50, help="evaluate on the validation set every N steps")
+    p.add_argument("--repeats", type=int, default=30, help="forward passes per latency measurement (median)")
+    p.add_argument("--latency-tokens", type=int, default=128, help="tokens per sequence in the latency measurement")
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-evaluation lines")
+    p.add_argument("--out", default=str(ROOT / "runs" / "ch08_adapters"), help="folder for adapters, PNGs, results.json")
+    p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    return args
+
+
+def main(argv=None, log=print) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = describe_base(args.model)  # a clear FileNotFoundError before any work when the base is missing
+    t_start = time.perf_counter()
+
+    # 1-2. One base, two adapters.
+    model = load_base(args.model, drop_rate=0.0, seed=args.seed)
+    tasks = load_tasks(model.cfg.context_length, args.batch_size, args.seed)
+    for task in tasks.values():
+        for split in ("train", "val", "test"):
+            log(getattr(task, split).describe(f"{task.name} {split}"))
+    torch.manual_seed(args.seed)
+    add_classification_head(model, num_classes=2)
+    cfg = lora_config(args)
+    epochs = {"spam": args.spam_epochs, "sentiment": args.sentiment_epochs}
+    histories, train_seconds = {}, {}
+    for name in TASKS:
+        t0 = time.perf_counter()
+        histories[name] = train_adapter(model, tasks[name], cfg, epochs[name], args, log)
+        train_seconds[name] = round(time.perf_counter() - t0, 1)
+        if name == "spam":
+            spam_weights = {k: v.detach().clone() for k, v in model.state_dict().items() if ".spam" in k}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in spam_weights.items()), "spam adapter changed"
+    model.eval()
+    report = lora_parameter_report(model)
+
+    # 3. Save.
+    adapter_dirs = {name: out / "adapters" / name for name in TASKS}
+    for name, folder in adapter_dirs.items():
+        save_adapter(model, folder, name=name)
+    sizes = {name: sum(file_sizes(folder).values()) for name, folder in adapter_dirs.items()}
+    base_file = Path(info["path"]) if info["kind"] == "checkpoint" else None
+    base_bytes = base_file.stat().st_size if base_file else 4 * sum(p.numel() for p in GPTModel(model.cfg).parameters())
+    size_rows = {f"base ({'checkpoint' if base_file else 'fp32 weights'})": base_bytes,
+                 **{f"{n} adapter": s for n, s in sizes.items()}}
+    plot_file_sizes(size_rows, out / "08_file_sizes.png")
+    log("sizes: " + ", ".join(f"{k} {v:,} bytes" for k, v in size_rows.items()))
+
+    # 4. A fresh base with both adapters: same logits, swap, classify.
+    fresh = load_base(args.model, drop_rate=0.0, seed=args.seed).eval()
+    for folder in adapter_dirs.values():
+        load_adapter(fresh, folder)
+    logit_diff = {}
+    for name in TASKS:
+        set_active_adapter(model, name)
+        set_active_adapter(fresh, name)
+        x, lengths, _ = next(iter(tasks[name].loader("test")))
+        with torch.no_grad():
+            logit_diff[name] = (class_logits(fresh, x, lengths) - class_logits(model, x, lengths)).abs().max().item()
+    assert max(logit_diff.values()) < 1e-4, logit_diff
+    predictions = {}
+    for adapter in TASKS:
+        set_active_adapter(fresh, adapter)
+        predictions[adapter] = {text: classify(fresh, [text], LABELS[adapter], tasks[adapter].max_length)[0]
+                                for texts in EXAMPLES.values() for text in texts}
+        for text, (label, p) in predictions[adapter].items():
+            log(f"{adapter:>9} adapter: {label:>8} (p={p:.2f})  {text}")
+
+    # 5. A different base.
+    errors = different_base_errors(args.model, adapter_dirs["spam"], args.seed)
+    for what, message in errors.items():
+        log(f"spam adapter on a base with {what}: {message}")
+
+    # 7. Test accuracy (before merging; merging does not change it).
+    accuracy = {}
+    for adapter in TASKS:
+        set_active_adapter(fresh, adapter)
+        accuracy[adapter] = {t: evaluate(fresh, tasks[t].loader("test"), "cpu")["accuracy"] for t in TASKS}
+        log(f"{adapter} adapter, test accuracy: " + ", ".join(f"{t} {100 * a:.1f} %" for t, a in accuracy[adapter].items()))
+    plot_training_curves(histories, out / "08_training_curves.png")
+
+    # 6. Merge for inference, and latency.
+    set_active_adapter(fresh, "spam")
+    T = min(args.latency_tokens, fresh.cfg.context_length)
+    g = torch.Generator().manual_seed(args.seed)
+    inputs = {b: torch.randint(0, fresh.cfg.vocab_size, (b, T), generator=g) for b in (1, 8)}
+    with torch.no_grad():
+        unmerged_logits = class_logits(fresh, inputs[8])
+        merge_lora(fresh)
+        merged_diff = (class_logits(fresh, inputs[8]) - unmerged_logits).abs().max().item()
+        unmerge_lora(fresh)
+    plain = load_base(args.model, drop_rate=0.0, seed=args.seed).eval()  # no LoRA wrappers at all
+    torch.manual_seed(args.seed)
+    add_classification_head(plain, num_classes=2)
+    state = {"merged": False}
+
+    def to(merged: bool):
+        def prepare():
+            if merged != state["merged"]:
+                (merge_lora if merged else unmerge_lora)(fresh)
+                state["merged"] = merged
+        return prepare
+
+    variants = {"base": (lambda: None, plain), "LoRA unmerged": (to(False), fresh), "LoRA merged": (to(True), fresh)}
+    latency = median_latency_ms(variants, inputs, args.repeats)
+    to(False)()
+    note = f"{T} tokens, median of {args.repeats}, {torch.get_num_threads()} thread(s)"
+    plot_latency(latency, out / "08_latency.png", note)
+    for b, row in latency.items():
+        log(f"batch {b}: " + ", ".join(f"{v} {ms:.1f} ms" for v, ms in row.items()))
+
+    results = {
+        "command": "python scripts/ch08_adapters.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "base": args.model, "lora": cfg.to_dict(), "lr": args.lr, "epochs": epochs, "max_steps": args.max_steps,
+        "trainable_per_adapter": report["per_adapter"],
+        "train_seconds": train_seconds,
+        "file_sizes_bytes": size_rows,
+        "fresh_vs_trained_max_logit_diff": logit_diff,
+        "predictions": predictions,
+        "different_base_errors": errors,
+        "test_accuracy": accuracy,
+        "merged_vs_unmerged_max_logit_diff": merged_diff,
+        "latency_ms": {str(b): row for b, row in latency.items()},
+        "latency_setup": note,
+        "histories": {n: h.to_dict() for n, h in histories.items()},
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    with atomic_write(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote adapters/, 08_file_sizes.png, 08_training_curves.png, 08_latency.png and results.json to {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
