@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from classify.model import class_logits
 from gpt.device import autocast

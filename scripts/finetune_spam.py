@@ -6,6 +6,7 @@
     python scripts/finetune_spam.py --model random         # the same LoRA on an untrained base
     python scripts/finetune_spam.py --quick                # a tiny random model for a few steps (tests, CI)
     python scripts/classify.py --adapter runs/spam-lora "You won a free cruise, call now"
+    torchrun --nproc_per_node=2 scripts/finetune_spam.py   # data-parallel, same global --batch-size
 
 What happens, in order:
  1. The SMS Spam Collection is balanced (747 ham, 747 spam), split 70/10/20 with seed 123
@@ -50,6 +51,8 @@ from classify.model import add_classification_head, set_trainable  # noqa: E402
 from classify.train import evaluate, plot_history, train_classifier  # noqa: E402
 from gpt.checkpoint import atomic_write  # noqa: E402
 from gpt.device import pick_device  # noqa: E402
+from gpt.distributed import (cleanup, get_world_size, init_distributed, is_main_process, shard_loader,  # noqa: E402
+                             unwrap, wrap_model)
 from gpt.params import count_parameters  # noqa: E402
 from lora import LoraConfig, apply_lora, save_adapter  # noqa: E402
 from lora.config import SCALINGS  # noqa: E402
@@ -118,8 +121,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def peak_memory_mib(device: torch.device) -> dict:
     """Peak resident memory of this process so far (MiB) and, on CUDA, peak allocated GPU memory."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    rss_mib = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+    rss_mib = None
+    try:  # Linux: this process's own high-water mark (ru_maxrss is inherited across fork + exec)
+        with open("/proc/self/status") as f:
+            rss_mib = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
+    if rss_mib is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        rss_mib = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
     out = {"peak_rss_mib": round(rss_mib, 1)}
     if device.type == "cuda":
         out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
@@ -187,7 +197,12 @@ def finetune(args, log=print) -> dict:
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    # Under torchrun: join the process group (gloo on CPU, nccl on cuda:LOCAL_RANK). Every rank builds
+    # the same loaders with the same seed and keeps its share of each global batch (shard_loader), so
+    # N processes take the steps one process would (tests/test_distributed.py); rank 0 logs and saves.
+    device = init_distributed(pick_device(args.device))
+    if not is_main_process():
+        log = lambda *a, **k: None  # noqa: E731
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -200,18 +215,20 @@ def finetune(args, log=print) -> dict:
     for name, ds in (("train", train_set), ("validation", val_set), ("test", test_set)):
         log(ds.describe(name))
     trim = not args.no_trim
-    train_loader = make_loader(train_set, args.batch_size, shuffle=True, drop_last=True, seed=args.seed, trim=trim)
+    train_loader = shard_loader(make_loader(train_set, args.batch_size, shuffle=True, drop_last=True, seed=args.seed,
+                                            trim=trim))
     # Evaluation: order does not matter, so batches of similar lengths (little padding), 4x larger.
     eval_batch, sort = 4 * args.batch_size, trim
-    val_loader = make_loader(val_set, eval_batch, trim=trim, sort_by_length=sort)
-    test_loader = make_loader(test_set, eval_batch, trim=trim, sort_by_length=sort)
+    val_loader = shard_loader(make_loader(val_set, eval_batch, trim=trim, sort_by_length=sort), even=False)
+    test_loader = shard_loader(make_loader(test_set, eval_batch, trim=trim, sort_by_length=sort), even=False)
 
     total = count_parameters(model)
     trainable = count_parameters(model, trainable_only=True)
     what = (f"LoRA r={args.rank} alpha={args.alpha:g} ({args.scaling}, scale {lora_cfg.scale:g}) on {','.join(args.targets)}"
             if lora_cfg else args.method)
     log(f"base {args.model} ({args.attention} attention) | {what} | trainable {trainable:,} of {total:,} parameters "
-        f"({100 * trainable / total:.2f} %) | {device}")
+        f"({100 * trainable / total:.2f} %) | {device}" + (f" x {get_world_size()} processes" if get_world_size() > 1 else ""))
+    model = wrap_model(model, device)  # DistributedDataParallel under torchrun, the model itself otherwise
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -226,7 +243,8 @@ def finetune(args, log=print) -> dict:
     train_seconds = time.perf_counter() - t_train
     bf16 = True if args.bf16 else None
     final = {
-        "train": evaluate(model, make_loader(train_set, eval_batch, trim=trim, sort_by_length=sort), device, bf16=bf16),
+        "train": evaluate(model, shard_loader(make_loader(train_set, eval_batch, trim=trim, sort_by_length=sort),
+                                              even=False), device, bf16=bf16),
         "val": evaluate(model, val_loader, device, bf16=bf16),
         "test": evaluate(model, test_loader, device, bf16=bf16),
     }
@@ -235,6 +253,9 @@ def finetune(args, log=print) -> dict:
         f"| test {100 * final['test']['accuracy']:.2f} %  ({train_seconds:.0f} s training, "
         f"{time.perf_counter() - t_start:.0f} s in all)")
 
+    model = unwrap(model)  # saved names without DDP's "module." prefix
+    if not is_main_process():
+        return {"test_accuracy": final["test"]["accuracy"]}  # rank 0 has the same numbers and writes the files
     out = Path(args.out)
     model.eval()
     files = save_classifier(model.cpu(), args, lora_cfg, train_set.max_length, out)
@@ -262,7 +283,8 @@ def finetune(args, log=print) -> dict:
         "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
         # Other processes share the CPU: the 1-minute load average says how quiet the machine was.
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "command": "python scripts/finetune_spam.py " + " ".join(getattr(args, "argv", None) or []),
+        "command": (f"torchrun --nproc_per_node={get_world_size()} " if get_world_size() > 1 else "python ")
+        + "scripts/finetune_spam.py " + " ".join(getattr(args, "argv", None) or []),
         "history": history.to_dict(),
     }
     with atomic_write(out / "history.json") as tmp:
@@ -277,7 +299,10 @@ def finetune(args, log=print) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    return finetune(args)
+    try:
+        return finetune(args)
+    finally:
+        cleanup()
 
 
 if __name__ == "__main__":
