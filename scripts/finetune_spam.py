@@ -27,6 +27,10 @@ set): 3 epochs instead of 5 (to stay under 5 minutes on a 2-core CPU) and a cosi
 decay after 20 warm-up steps instead of a constant rate (seeds 123 and 124, validation accuracy
 97.3 % / 97.3 % vs 95.3 % / 96.0 %, validation loss 0.108 / 0.091 vs 0.133 / 0.119). LoRA on
 query and value only reached 93.3 % (seed 123). `--schedule constant` gives the book's behaviour.
+
+Measured with the defaults on the project's 2-core CPU, nearly idle (2 threads): 101 s wall in all,
+90 s of training; train 98.09 %, validation 97.32 %, test 96.00 % (seed 123). Seeds 123 / 124 / 125:
+test 96.00 / 96.00 / 97.00 % (results/spam_floor.json).
 """
 
 from __future__ import annotations

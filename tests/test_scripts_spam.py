@@ -181,3 +181,7 @@ def test_quick_comparison_writes_table_json_curves_and_floor(tmp_path):
     assert floor["base_sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
     assert floor["lora_test_accuracy_mean"] == rows["lora-separate"]["test_accuracy"]
     assert floor["meets_floor"] == (rows["lora-separate"]["test_accuracy"] >= 0.94)
+    # --render-only rewrites the same table from the saved JSON, running nothing.
+    (results / "spam_comparison.md").unlink()
+    compare.main(["--render-only", "--results", str(results)])
+    assert (results / "spam_comparison.md").read_text() == table
