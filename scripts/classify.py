@@ -1,7 +1,7 @@
 """Classify new text with a fine-tuned spam classifier (written by scripts/finetune_spam.py).
 
-    python scripts/classify.py --adapter runs/spam-lora "You won a free cruise, call now"
-    spam (p=0.98)	You won a free cruise, call now
+    python scripts/classify.py --adapter runs/spam-lora "Congratulations! You have won a free cruise. Call now to claim your prize"
+    spam (p=1.00)	Congratulations! You have won a free cruise. Call now to claim your prize
     cat messages.txt | python scripts/classify.py --adapter runs/spam-lora     # one text per line
 
 The folder holds classifier.json (which base model, attention layout, labels, padding length)
