@@ -230,7 +230,7 @@ def _plot(rows: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gpt.checkpoint import atomic_write
+    from gpt.checkpoint import save_figure
 
     names = [r["method"] for r in rows.values()]
     fig, (ax_acc, ax_lat) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
@@ -246,9 +246,7 @@ def _plot(rows: dict, path) -> None:
     for ax in (ax_acc, ax_lat):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_write(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -225,18 +225,9 @@ def plot_history(history: ClassifierHistory | dict, path: str | Path, title: str
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_savefig(fig, path)
-    plt.close(fig)
-    return path
+    from gpt.checkpoint import save_figure
 
-
-def _atomic_savefig(fig, path: Path) -> None:
-    from gpt.checkpoint import atomic_write
-
-    with atomic_write(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
+    return save_figure(fig, path)
 
 
 __all__ = ["ClassifierHistory", "batch_loss", "evaluate", "train_classifier", "plot_history"]

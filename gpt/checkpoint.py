@@ -116,6 +116,16 @@ def remove_orphaned_temp_files(path: str | Path, suffix: str = ".tmp") -> list[P
     return removed
 
 
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure as a PNG atomically (like every other file here), then close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_write(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+    plt.close(fig)
+    return Path(path)
+
+
 def _tied_duplicates(model: torch.nn.Module) -> set[str]:
     """State-dict keys that alias an earlier key's storage (e.g. out_head.weight when tied)."""
     seen, dup = set(), set()

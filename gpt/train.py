@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from gpt.checkpoint import load_training_state, save_model, save_training_state
+from gpt.checkpoint import load_training_state, save_figure, save_model, save_training_state
 from gpt.device import autocast
 from gpt.distributed import (all_gather_tensor, all_reduce_mean, all_reduce_sum, barrier, get_rank, get_world_size,
                              shard, sync_gradients, wrap_model)
@@ -291,6 +291,4 @@ def plot_losses(history: History, path: str | Path, title: str = "pre-training")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from classify.data import SMS_SPAM_FILE, SMS_SPAM_LABELS, load_sms_spam  # noqa: E402
-from gpt.checkpoint import atomic_write  # noqa: E402
+from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
 from gpt.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
 
 # GPT-2's ids for two sentences of the book (chapter 2); tests/test_tokenizer.py checks them against tiktoken.
@@ -108,10 +108,7 @@ def plot_lengths(lengths: dict[str, list[int]], path: Path, clip: int = 128) -> 
     ax.set_title("SMS Spam Collection: message length in tokens")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

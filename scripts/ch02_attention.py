@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from classify.base import DEFAULT_BASE, load_base  # noqa: E402
 from gpt.attention import causal_attention  # noqa: E402
-from gpt.checkpoint import atomic_write  # noqa: E402
+from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
 from gpt.model import convert_attention  # noqa: E402
 from gpt.tokenizer import get_tokenizer  # noqa: E402
 
@@ -80,10 +80,7 @@ def plot_heatmap(weights: torch.Tensor, tokens: list[str], title: str, path: Pat
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

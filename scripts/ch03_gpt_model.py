@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from classify.base import load_base  # noqa: E402
-from gpt.checkpoint import atomic_write  # noqa: E402
+from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
 from gpt.config import GPT2_CHECKPOINT_SETTINGS, PRESETS, GPTConfig  # noqa: E402
 from gpt.generate import generate_text  # noqa: E402
 from gpt.model import GPTModel  # noqa: E402
@@ -93,10 +93,7 @@ def plot_by_kind(by_kind: dict[str, int], preset: str, path: Path) -> Path:
     ax.set_xlabel("parameters (millions)")
     ax.set_title(f"{preset}: {total:,} parameters by module", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

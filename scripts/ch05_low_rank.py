@@ -43,7 +43,7 @@ from classify.data import spam_splits  # noqa: E402
 from classify.dataset import ClassificationDataset, make_loader  # noqa: E402
 from classify.model import add_classification_head, set_trainable  # noqa: E402
 from classify.train import evaluate, train_classifier  # noqa: E402
-from gpt.checkpoint import atomic_write  # noqa: E402
+from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
 from lora import LoraConfig, apply_lora, full_parameter_count, lora_modules, lora_parameter_count  # noqa: E402
 from lora import scaling_factor  # noqa: E402
 
@@ -84,10 +84,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    with atomic_write(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    _plt().close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_rank_r_error(out: Path, seed: int) -> dict:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from classify.base import DEFAULT_BASE, load_base  # noqa: E402
 from classify.model import add_classification_head  # noqa: E402
-from gpt.checkpoint import atomic_write  # noqa: E402
+from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
 from gpt.config import GPT2_CHECKPOINT_SETTINGS, PRESETS, GPTConfig  # noqa: E402
 from gpt.model import GPTModel  # noqa: E402
 from lora import (SCALINGS, LoraConfig, apply_lora, is_merged, lora_modules, lora_parameter_report,  # noqa: E402
@@ -123,10 +123,7 @@ def plot_scales(alpha: float, path: Path) -> dict:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
     return scales
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gpt.checkpoint import atomic_write  # noqa: E402
+from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
 
 
 def _load_finetune_spam():
@@ -219,9 +219,7 @@ def plot_curves(curves: dict, path: Path) -> None:
     ax_acc.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # outside: the curves stay visible
     fig.suptitle("spam classifier: fine-tuning methods (first seed)")
     fig.tight_layout()
-    with atomic_write(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_table(report: dict, results_dir: Path) -> str:
