@@ -1,9 +1,9 @@
 """Data-parallel training (gpt/distributed.py, gpt/train.py under torchrun), on CPU processes.
 
 The claim: N processes with global batch B take the same optimizer steps as one process with
-batch B. The main test runs scripts/pretrain.py under `torchrun --nproc_per_node=2` (gloo, on
-127.0.0.1 with a free port) with gradient accumulation, and in this process with one process
-and no accumulation, and compares losses and final weights. It also records which training
+batch B. The main test runs scripts/pretrain.py under `torchrun --nproc_per_node=2 --standalone`
+(gloo on localhost; torchrun binds a free port itself, so no port race) with gradient accumulation,
+and in this process with one process and no accumulation, and compares losses and final weights. It also records which training
 windows each rank read, so that "each rank takes its own half of every micro-batch" is checked
 directly rather than inferred from the numbers (two ranks that both read the whole batch
 would also reach the same weights).
@@ -17,7 +17,6 @@ zero, float summation-order noise becomes a visible difference (measured: up to 
 import json
 import os
 import runpy
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -50,12 +49,6 @@ def _one_thread():
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- unit level
@@ -184,9 +177,8 @@ ARGS = ["--quick", "--max-steps", "6", "--batch-size", "4", "--eval-every", "3",
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(_RECORDING_WORKER)
-    port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={port}", str(worker), str(PRETRAIN_SCRIPT),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(worker), str(PRETRAIN_SCRIPT),
            str(tmp_path / "reads-rank{rank}.json"), *ARGS, "--grad-accum", "2", "--out", str(tmp_path / "ddp")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
@@ -279,8 +271,8 @@ if __name__ == "__main__":
 def test_two_process_lora_finetune_equals_one_process(tmp_path):
     worker = tmp_path / "finetune_worker.py"
     worker.write_text(_FINETUNE_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(worker), str(tmp_path / "two.json")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(worker),
+           str(tmp_path / "two.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -323,8 +315,8 @@ def test_finetune_script_under_torchrun_equals_one_process(tmp_path):
     from safetensors.torch import load_file
 
     args = ["--quick", "--threads", "1", "--no-progress", "--device", "cpu"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(FINETUNE_SCRIPT), *args, "--out", str(tmp_path / "two"),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(FINETUNE_SCRIPT), *args, "--out", str(tmp_path / "two"),
            "--result-json", str(tmp_path / "two.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
