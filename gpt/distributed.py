@@ -109,8 +109,13 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group (call once at the end of a script)."""
+    """Leave the process group (call once at the end of a script).
+
+    Every rank waits for the others first: a rank that tears down its gloo connections while
+    rank 0 is still saving can abort the run at exit ("terminate called without an active
+    exception", seen in tests/test_distributed.py)."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
