@@ -111,10 +111,22 @@ class ClassifierHistory:
         return cls(**d)
 
 
+def split_batch(batch, micro_batches: int) -> list[tuple]:
+    """Split one (input_ids (b, T), lengths (b,), labels (b,)) batch into `micro_batches` smaller ones
+    (sizes differ by at most one), each trimmed to its own longest message: less padding, less memory."""
+    input_ids, lengths, labels = batch
+    parts = []
+    for ids, lens, labs in zip(*(torch.tensor_split(t, micro_batches) for t in (input_ids, lengths, labels))):
+        if len(labs):
+            parts.append((ids[:, : int(lens.max())], lens, labs))
+    return parts
+
+
 def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, device,
                      eval_every: int = 50, eval_batches: int | None = None, seed: int | None = None,
                      grad_clip: float | None = None, lr_schedule: Callable[[int], float] | None = None,
                      max_steps: int | None = None, bf16: bool | None = None, progress: bool = True,
+                     grad_accum: int = 1,
                      log: Callable[[str], None] | None = tqdm.write) -> ClassifierHistory:
     """Fine-tune `model` (only its parameters with requires_grad) in place; returns the history.
 
@@ -124,12 +136,21 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
     from the loader's own generator (classify.dataset.make_loader) or its DistributedSampler.
     lr_schedule: step -> learning rate, applied to every parameter group before each step
     (None = the optimizer's constant rate, as in the book). max_steps: stop early (quick runs).
+    grad_accum: gradient accumulation. Every batch of the loader is cut into this many micro-batches
+    that go forward and backward one at a time; their gradients add up (each loss weighted by its
+    share of the batch) before the one optimizer step. The step is the one the whole batch gives, up
+    to float rounding (tests/test_classify_train.py), at the activation memory of a micro-batch: a
+    small machine can use the batch size a result needs. Steps, eval_every and max_steps still
+    count optimizer steps (= loader batches).
     Raises FloatingPointError when the loss stops being finite.
     """
+    import contextlib
     import time
 
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
+    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
+        raise ValueError(f"grad_accum must be a positive integer (micro-batches per batch), got {grad_accum!r}")
     if seed is not None:
         torch.manual_seed(seed)
     history = ClassifierHistory()
@@ -171,25 +192,33 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
             if max_steps is not None and step >= max_steps:
                 break
             if lr_schedule is not None:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_schedule(step)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr_schedule(step)
             optimizer.zero_grad(set_to_none=True)
-            loss, correct, b = batch_loss(model, batch, device, bf16)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"the training loss became {value} at step {step} (epoch {epoch + 1}), learning rate "
-                    f"{optimizer.param_groups[0]['lr']:.2e}: lower the learning rate (or, for LoRA, alpha) "
-                    f"or clip gradients")
-            loss.backward()
+            micro = split_batch(batch, grad_accum) if grad_accum > 1 else [batch]
+            step_examples = sum(len(labels) for _, _, labels in micro)
+            for j, micro_batch in enumerate(micro):
+                # Under DDP, synchronise gradients once per step (on the last micro-batch), not per micro-batch.
+                last = j == len(micro) - 1
+                sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+                with sync:
+                    loss, correct, b = batch_loss(model, micro_batch, device, bf16)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise FloatingPointError(
+                            f"the training loss became {value} at step {step} (epoch {epoch + 1}), learning rate "
+                            f"{optimizer.param_groups[0]['lr']:.2e}: lower the learning rate (or, for LoRA, alpha) "
+                            f"or clip gradients")
+                    # mean over the step's examples = sum over micro-batches of (batch mean x batch share)
+                    (loss * (b / step_examples)).backward()
+                run_loss += value * b
+                run_correct += correct
+                run_n += b
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
             optimizer.step()
             step += 1
-            seen += b * world
-            run_loss += value * b
-            run_correct += correct
-            run_n += b
+            seen += step_examples * world
             bar.update(1)
             if eval_every and step % eval_every == 0:
                 record(epoch + (i + 1) / steps_per_epoch)
@@ -206,13 +235,12 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
 
 def plot_history(history: ClassifierHistory | dict, path: str | Path, title: str = "fine-tuning") -> Path:
     """Loss and accuracy (train running average, validation) against examples seen, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot): nothing is shown, and a notebook's own plotting backend is left alone.
+    from matplotlib.figure import Figure
 
     h = history if isinstance(history, dict) else history.to_dict()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    fig = Figure(figsize=(9, 3.4), dpi=100)
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(h["examples_seen"], h["train_loss"], label="train (running)")
     ax_loss.plot(h["examples_seen"], h["val_loss"], label="validation")
     ax_loss.set_ylabel("cross-entropy (nats/example)")
@@ -230,4 +258,4 @@ def plot_history(history: ClassifierHistory | dict, path: str | Path, title: str
     return save_figure(fig, path)
 
 
-__all__ = ["ClassifierHistory", "batch_loss", "evaluate", "train_classifier", "plot_history"]
+__all__ = ["ClassifierHistory", "batch_loss", "evaluate", "split_batch", "train_classifier", "plot_history"]

@@ -54,7 +54,7 @@ from classify.dataset import ClassificationDataset, make_loader  # noqa: E402
 from classify.model import add_classification_head, set_trainable  # noqa: E402
 from classify.train import evaluate, plot_history, train_classifier  # noqa: E402
 from gpt.checkpoint import atomic_write  # noqa: E402
-from gpt.device import pick_device  # noqa: E402
+from gpt.device import add_device_argument, pick_device  # noqa: E402
 from gpt.distributed import (cleanup, get_world_size, init_distributed, is_main_process, shard_loader,  # noqa: E402
                              unwrap, wrap_model)
 from gpt.params import count_parameters  # noqa: E402
@@ -96,13 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: no clipping, the book)")
     p.add_argument("--epochs", type=int, default=3, help="passes over the 1,045 training messages")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step (over all processes)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="gradient accumulation: cut every batch into this many micro-batches that go forward and "
+                        "backward one at a time (same step, less memory: --batch-size 64 --grad-accum 8 needs the "
+                        "memory of 8)")
     p.add_argument("--eval-every", type=int, default=50, help="evaluate on the validation set every N steps (and each epoch)")
     p.add_argument("--no-trim", action="store_true",
                    help="keep the padding columns of each batch (the book's fixed width; same result, slower)")
     p.add_argument("--seed", type=int, default=123, help="head and LoRA init, data order, dropout; a random base too")
     p.add_argument("--data", default=str(SMS_SPAM_FILE), help="the SMSSpamCollection file")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    add_device_argument(p)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (default on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="output folder (default: runs/spam-<method>)")
@@ -120,6 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.out is None:
         args.out = str(ROOT / "runs" / f"spam-{args.method}")
+    if not 1 <= args.grad_accum <= args.batch_size:
+        parser.error(f"--grad-accum must be between 1 and --batch-size ({args.batch_size}), got {args.grad_accum}")
     return args
 
 
@@ -243,7 +249,7 @@ def finetune(args, log=print) -> dict:
     history = train_classifier(model, train_loader, val_loader, optimizer, args.epochs, device,
                                eval_every=args.eval_every, seed=args.seed, grad_clip=args.grad_clip,
                                lr_schedule=schedule, max_steps=args.max_steps, bf16=True if args.bf16 else None,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, grad_accum=args.grad_accum)
     train_seconds = time.perf_counter() - t_train
     bf16 = True if args.bf16 else None
     final = {
@@ -269,7 +275,8 @@ def finetune(args, log=print) -> dict:
         "base": args.model,
         "attention": args.attention,
         "lora": lora_cfg.to_dict() if lora_cfg else None,
-        "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+        "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+        "seed": args.seed,
         "schedule": args.schedule, "warmup_steps": args.warmup_steps, "drop_rate": args.drop_rate,
         "steps": history.step[-1],
         "trainable_params": trainable,

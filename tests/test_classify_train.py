@@ -10,7 +10,7 @@ from torch.utils.data.distributed import DistributedSampler
 from classify.data import Example
 from classify.dataset import ClassificationDataset, make_loader
 from classify.model import add_classification_head, set_trainable
-from classify.train import ClassifierHistory, evaluate, plot_history, train_classifier
+from classify.train import ClassifierHistory, evaluate, plot_history, split_batch, train_classifier
 from gpt import GPTConfig, GPTModel
 
 @pytest.fixture(autouse=True, scope="module")
@@ -134,3 +134,54 @@ def test_zero_epochs_is_an_error():
     ds = ClassificationDataset(toy_examples(8))
     with pytest.raises(ValueError, match="epochs"):
         train_classifier(model, make_loader(ds), make_loader(ds), torch.optim.SGD(model.parameters(), lr=0.1), 0, "cpu")
+
+
+# ----------------------------------------------------------------------------- gradient accumulation
+
+def test_split_batch_keeps_every_example_once_and_trims_padding():
+    ds = ClassificationDataset(toy_examples(8))
+    batch = next(iter(make_loader(ds, 8)))
+    parts = split_batch(batch, 3)
+    assert [len(labels) for _, _, labels in parts] == [3, 3, 2]
+    assert torch.equal(torch.cat([labels for _, _, labels in parts]), batch[2])
+    assert torch.equal(torch.cat([lengths for _, lengths, _ in parts]), batch[1])
+    for ids, lengths, _ in parts:
+        assert ids.shape[1] == int(lengths.max())  # each micro-batch only as wide as its longest message
+    assert len(split_batch(batch, 20)) == 8  # more parts than rows: one example each, no empty micro-batch
+
+
+@pytest.mark.parametrize("grad_accum", [2, 3, 8])
+def test_gradient_accumulation_takes_the_same_steps_as_the_whole_batch(grad_accum):
+    """Batches of 8 cut into 2, 3 (uneven: 3+3+2) or 8 micro-batches: the same trained weights and the same
+    history as the uncut batches, up to float rounding (float32, 2 epochs of 6 AdamW steps)."""
+    m1, h1, _ = run(seed=5, epochs=2)
+    m2, h2, _ = run(seed=5, epochs=2, grad_accum=grad_accum)
+    assert h2.step == h1.step and h2.examples_seen == h1.examples_seen
+    torch.testing.assert_close(torch.tensor(h2.train_loss), torch.tensor(h1.train_loss), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(h2.val_loss), torch.tensor(h1.val_loss), rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(m1.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_gradient_accumulation_is_not_the_same_as_small_batches():
+    """Control: 4 micro-batches of 2 per step is NOT the same as steps of 2 (4x the steps): the test above
+    would catch an implementation that stepped after every micro-batch."""
+    _, h_accum, _ = run(seed=5, epochs=1, grad_accum=4)
+    model = make_model(5)
+    train = ClassificationDataset(toy_examples())
+    val = ClassificationDataset(toy_examples(16, seed=1), max_length=train.max_length)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    h_small = train_classifier(model, make_loader(train, 2, shuffle=True, seed=5), make_loader(val, 8), opt, 1, "cpu",
+                               eval_every=4, seed=5, progress=False, log=None)
+    assert h_small.step[-1] == 4 * h_accum.step[-1]
+    assert h_small.val_loss[-1] != pytest.approx(h_accum.val_loss[-1], rel=1e-3)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_grad_accum_must_be_a_positive_integer(bad):
+    model = make_model()
+    ds = ClassificationDataset(toy_examples(8))
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match="grad_accum"):
+        train_classifier(model, make_loader(ds, 8), make_loader(ds, 8), opt, 1, "cpu", progress=False, log=None,
+                         grad_accum=bad)

@@ -88,6 +88,25 @@ def test_quick_run_is_reproducible(lora_run, tmp_path):
     assert again["test_accuracy"] == first["test_accuracy"]
 
 
+def test_quick_run_with_gradient_accumulation_takes_the_same_steps(lora_run, tmp_path):
+    """--grad-accum 4 cuts every batch of 8 into 4 micro-batches of 2: the same 6 steps, the same losses up to float
+    rounding (LoRA, float32, no dropout), and the setting is recorded."""
+    _, first = lora_run
+    accum = finetune_spam.main(["--quick", "--grad-accum", "4", "--out", str(tmp_path), "--no-progress"])
+    assert accum["grad_accum"] == 4 and first["grad_accum"] == 1
+    assert accum["history"]["step"] == first["history"]["step"]
+    torch.testing.assert_close(torch.tensor(accum["history"]["train_loss"]), torch.tensor(first["history"]["train_loss"]),
+                               rtol=1e-4, atol=1e-5)
+    assert accum["val_loss"] == pytest.approx(first["val_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("bad", ["0", "9"])
+def test_grad_accum_out_of_range_is_refused(bad, capsys):
+    with pytest.raises(SystemExit):
+        finetune_spam.parse_args(["--quick", "--grad-accum", bad])
+    assert "--grad-accum must be between 1 and --batch-size (8)" in capsys.readouterr().err
+
+
 def test_classify_reproduces_the_trained_models_test_accuracy(lora_run):
     out, result = lora_run
     accuracy, _ = _test_accuracy_via_classify(out)
