@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from gpt.checkpoint import atomic_write
-from gpt.device import pick_device
+from gpt.device import add_device_argument, pick_device, synchronize  # synchronize: also used by setups.py
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -135,15 +135,6 @@ class Timing:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for queued GPU work, so that a timer measures the work and not its launch."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def time_call(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
@@ -251,7 +242,13 @@ def add_common_args(parser: argparse.ArgumentParser, repeats: int = 5, warmup: i
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed calls per variant before timing")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice, usually the physical cores)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (see gpt.device.pick_device); or auto")
+    # gpt.device.add_device_argument with a "cpu" default: the committed results in benchmarks/results
+    # were measured on a CPU by commands that name no device (their .md files discuss CPU numbers, and
+    # the lora_vs_full memory column is a CPU's peak RSS); with "auto" the same recorded commands would
+    # measure a GPU wherever there is one. Ask for a GPU explicitly: --device cuda (or auto).
+    add_device_argument(parser, default="cpu",
+                        note="Default cpu, not auto: the committed results were measured on a CPU by commands that "
+                             "name no device; pass --device cuda (or auto) to measure a GPU")
     parser.add_argument("--seed", type=int, default=123, help="seed for weights and data")
     parser.add_argument("--n-layers", type=int, default=None,
                         help="override the shape's number of blocks (a shallower model to explore on a slow machine)")

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # `python benchmarks/run_all.py` works too
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import QUICK_RESULTS_DIR, RESULTS_DIR, _atomic_write_text
+from gpt.device import pick_device
 
 # name -> (module, results name, what it answers). Order: cheapest first.
 BENCHMARKS = {
@@ -134,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny shapes: checks that everything runs")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=None, help="run only these")
     parser.add_argument("--threads", type=int, default=None, help="passed to every benchmark")
-    parser.add_argument("--device", default=None, help="passed to every benchmark (cpu, cuda, ...)")
+    parser.add_argument("--device", default=None,
+                        help="passed to every benchmark: auto, cpu, cuda, cuda:N or mps (default: the benchmarks' "
+                             "own default, cpu, which the committed results were measured on)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="default benchmarks/results (benchmarks/results/quick with --quick)")
     parser.add_argument("--readme-only", action="store_true", help="only rebuild README.md from existing results")
@@ -151,6 +154,7 @@ def main(argv=None) -> Path:
         if args.threads is not None:
             common += ["--threads", str(args.threads)]
         if args.device is not None:
+            pick_device(args.device)  # a device that does not exist: one clear error before any benchmark runs
             common += ["--device", args.device]
         for key in args.only or list(BENCHMARKS):
             module, _, what = BENCHMARKS[key]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 
 import torch
+
+DEVICE_HELP = "auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -31,12 +34,37 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto",
+                        note: str | None = None) -> argparse.ArgumentParser:
+    """The --device flag every script shares; pass its value to pick_device. `note` is appended to
+    the help text (e.g. why a script's default is not "auto")."""
+    parser.add_argument("--device", default=default, help=DEVICE_HELP + (f". {note}" if note else ""))
+    return parser
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on a GPU, so that a timer measures the work and not its launch
+    (CUDA and MPS run asynchronously; on a CPU there is nothing to wait for)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def use_bf16(device: torch.device | str, bf16: bool | None = None) -> bool:
+    """Whether autocast() runs bf16 on `device`. bf16=None: yes on a CUDA GPU that supports bf16
+    (Ampere and later), no elsewhere; True/False: as asked, but never on MPS (not supported here)."""
+    device = torch.device(device)
+    if bf16 is None:
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return bool(bf16) and device.type in ("cuda", "cpu")
+
+
 def autocast(device: torch.device, bf16: bool | None = None):
     """bf16 autocast where it is safe and fast: on CUDA by default, on CPU only when asked
     (CPUs with AVX512-BF16/AMX run it ~1.7x faster; older ones may be slower). Losses should
     still be computed in float32."""
-    if bf16 is None:
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if not bf16 or device.type not in ("cuda", "cpu"):
+    if not use_bf16(device, bf16):
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from classify.data import SMS_SPAM_FILE, SMS_SPAM_LABELS, load_sms_spam  # noqa: E402
 from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
+from gpt.device import add_device_argument, pick_device  # noqa: E402
 from gpt.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
 
 # GPT-2's ids for two sentences of the book (chapter 2); tests/test_tokenizer.py checks them against tiktoken.
@@ -122,13 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=str(SMS_SPAM_FILE), help="the SMSSpamCollection file for the histogram")
     p.add_argument("--no-plot", action="store_true", help="skip the SMS token-length histogram")
     p.add_argument("--out", default=str(ROOT / "runs" / "ch01"), help="folder for the PNG and results.json")
+    add_device_argument(p, note="Accepted so that every chapter script takes the same flag: this one computes "
+                                "nothing with torch (tokenising and counting are plain Python), so the device is "
+                                "only checked and recorded in results.json")
     return p
 
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    device = pick_device(args.device)  # a device that does not exist is an error here too
     tokenizer = get_tokenizer()
-    result: dict = {"vocab_size": tokenizer.n_vocab}
+    result: dict = {"vocab_size": tokenizer.n_vocab, "device": str(device)}
 
     if args.decode:
         try:

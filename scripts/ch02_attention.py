@@ -15,6 +15,9 @@ What it does, in order:
  3. Times block 0's attention module in both layouts on a (batch, tokens, emb_dim) input (a rough CPU
     number; benchmarks/bench_attention.py measures it properly): one (d -> 3d) matmul instead of three
     (d -> d) ones, the same FLOPs.
+
+Everything runs on --device (auto: CUDA, then Apple MPS, then CPU); the numbers come back to the CPU
+for printing, plotting and results.json.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from classify.base import DEFAULT_BASE, load_base  # noqa: E402
 from gpt.attention import causal_attention  # noqa: E402
 from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
+from gpt.device import add_device_argument, pick_device, synchronize  # noqa: E402
 from gpt.model import convert_attention  # noqa: E402
 from gpt.tokenizer import get_tokenizer  # noqa: E402
 
@@ -43,18 +47,19 @@ QUICK = dict(model="random:gpt-tiny", repeats=3, timing_tokens=32)
 def attention_weights(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
     """Causal attention weights of every head of block `layer` for one sequence.
 
-    ids: (1, T). Returns (H, T, T): row i holds token i's weights over tokens 0..T-1 (0 above the diagonal).
+    ids: (1, T), on the model's device. Returns (H, T, T) on that device: row i holds token i's weights
+    over tokens 0..T-1 (0 above the diagonal).
     The block's input is computed with the model's own modules (embeddings, earlier blocks, norm1), and
     the weights come from gpt.attention.causal_attention itself: attending with the identity matrix as
     the values returns the weight matrix (weights @ I = weights).
     """
     T = ids.shape[1]
-    x = model.tok_emb(ids) + model.pos_emb(torch.arange(T))  # (1, T, d)
+    x = model.tok_emb(ids) + model.pos_emb(torch.arange(T, device=ids.device))  # (1, T, d)
     for block in model.trf_blocks[:layer]:
         x = block(x)
     att = model.trf_blocks[layer].att
     queries, keys, _ = att.project_qkv(model.trf_blocks[layer].norm1(x))  # each (1, H, T, hd)
-    identity = torch.eye(T).expand(1, att.num_heads, T, T)  # (1, H, T, T) as "values"
+    identity = torch.eye(T, device=ids.device).expand(1, att.num_heads, T, T)  # (1, H, T, T) as "values"
     return causal_attention(queries, keys, identity, sdpa=False)[0]  # (H, T, T)
 
 
@@ -86,12 +91,15 @@ def plot_heatmap(weights: torch.Tensor, tokens: list[str], title: str, path: Pat
 
 @torch.no_grad()
 def forward_ms(model, x: torch.Tensor, repeats: int) -> float:
-    """Best wall time of model(x) over `repeats` tries, in milliseconds (after one warm-up)."""
+    """Best wall time of model(x) over `repeats` tries, in milliseconds (after one warm-up).
+    A GPU runs asynchronously: synchronize() makes the timer wait for the work, not just its launch."""
     model(x)
     best = float("inf")
     for _ in range(repeats):
+        synchronize(x.device)
         t0 = time.perf_counter()
         model(x)
+        synchronize(x.device)
         best = min(best, time.perf_counter() - t0)
     return 1e3 * best
 
@@ -110,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-tokens", type=int, default=128, help="tokens per timed sequence (<= context)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=str(ROOT / "runs" / "ch02"), help="folder for the PNG and results.json")
+    add_device_argument(p)
     p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
     return p
 
@@ -122,7 +131,8 @@ def main(argv=None) -> dict:
         args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_base(args.model, attention="separate", drop_rate=0.0, seed=args.seed).eval()
+    device = pick_device(args.device)
+    model = load_base(args.model, attention="separate", drop_rate=0.0, seed=args.seed).to(device).eval()
     cfg = model.cfg
     if not 0 <= args.layer < cfg.n_layers:
         raise ValueError(f"--layer must be in [0, {cfg.n_layers}), got {args.layer}")
@@ -136,11 +146,12 @@ def main(argv=None) -> dict:
         raise ValueError(f"--text has {len(ids)} tokens, the model's context is {cfg.context_length}")
     tokens = [tokenizer.decode([i]) for i in ids]
     print(f"model {args.model}: {cfg.n_layers} blocks x {cfg.n_heads} heads, emb_dim {cfg.emb_dim} | "
-          f"{len(ids)} tokens: {tokens}")
+          f"{len(ids)} tokens: {tokens} | {device}")
 
     # 1. One head's attention weights.
-    weights = attention_weights(model, torch.tensor([ids]), args.layer)  # (H, T, T)
-    w = weights[args.head]
+    x = torch.tensor([ids], device=device)  # (1, T)
+    weights = attention_weights(model, x, args.layer)  # (H, T, T)
+    w = weights[args.head].float().cpu()  # (T, T): printed, plotted and saved from the CPU
     row_sums = w.sum(dim=-1)
     above = w.triu(diagonal=1)
     print(f"block {args.layer}, head {args.head}: rows sum to 1 (max error {(row_sums - 1).abs().max():.1e}), "
@@ -158,7 +169,6 @@ def main(argv=None) -> dict:
     if not torch.equal(att_f.qkv.weight, stacked):
         raise AssertionError("the fused qkv weight is not [W_query; W_key; W_value]")
     with torch.no_grad():
-        x = torch.tensor([ids])
         logits_s, logits_f = model(x), fused(x)
     max_diff = float((logits_s - logits_f).abs().max())
     torch.testing.assert_close(logits_f, logits_s, rtol=1e-5, atol=1e-5)
@@ -169,16 +179,17 @@ def main(argv=None) -> dict:
     # 3. A rough timing of the attention module alone (the model's other layers are the same in both).
     T = min(args.timing_tokens, cfg.context_length)
     g = torch.Generator().manual_seed(args.seed)
-    hidden = torch.randn(args.timing_batch, T, cfg.emb_dim, generator=g)  # (b, T, d)
+    hidden = torch.randn(args.timing_batch, T, cfg.emb_dim, generator=g).to(device)  # (b, T, d), drawn on the CPU
     timing = {"separate": forward_ms(att_s, hidden, args.repeats), "fused": forward_ms(att_f, hidden, args.repeats)}
-    print(f"block 0 attention, {args.timing_batch} x {T} tokens, {torch.get_num_threads()} thread(s), best of "
+    where = f"{torch.get_num_threads()} thread(s)" if device.type == "cpu" else str(device)
+    print(f"block 0 attention, {args.timing_batch} x {T} tokens, {where}, best of "
           f"{args.repeats}: separate {timing['separate']:.1f} ms, fused {timing['fused']:.1f} ms "
           f"(fused/separate {timing['fused'] / timing['separate']:.2f}; a rough number, see benchmarks/)")
 
     result = {"model": args.model, "layer": args.layer, "head": args.head, "tokens": tokens, "ids": ids,
               "weights": [[round(float(v), 6) for v in row] for row in w],
               "fused_max_abs_diff": max_diff, "timing_ms": timing, "timing_shape": [args.timing_batch, T],
-              "threads": torch.get_num_threads(), "figures": [str(png)]}
+              "device": str(device), "threads": torch.get_num_threads(), "figures": [str(png)]}
     with atomic_write(Path(args.out) / "results.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -15,6 +15,12 @@ What it does, in order:
     --model (e.g. the shipped data/gpt-mini), greedy and with temperature + top-k sampling.
  4. Plots where the parameters are (embeddings, attention, feed-forward, layer norms, output head) for
     --preset (--out/03_parameters_by_module.png).
+
+Counting uses the meta device whatever --device says (shapes only, no memory, no arithmetic); the
+generation runs on --device (auto: CUDA, then Apple MPS, then CPU). The untrained model's weights are
+drawn on the CPU and then moved, so they are the same on every device. The greedy text is the same
+too unless two candidates' logits are within float rounding of each other; the sampled text draws from
+a random generator on the device, so it differs from device to device.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from classify.base import load_base  # noqa: E402
 from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
 from gpt.config import GPT2_CHECKPOINT_SETTINGS, PRESETS, GPTConfig  # noqa: E402
+from gpt.device import add_device_argument, pick_device  # noqa: E402
 from gpt.generate import generate_text  # noqa: E402
 from gpt.model import GPTModel  # noqa: E402
 from gpt.params import count_parameters, parameter_table, tied_parameters  # noqa: E402
@@ -112,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-generate", action="store_true", help="only count (no model is built in memory)")
     p.add_argument("--seed", type=int, default=123, help="weights of an untrained model and the sampling")
     p.add_argument("--out", default=str(ROOT / "runs" / "ch03"), help="folder for the PNG and results.json")
+    add_device_argument(p, note="Used for the generation only: counting always runs on the meta device")
     p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
     return p
 
@@ -124,6 +132,7 @@ def main(argv=None) -> dict:
         args = parser.parse_args(argv)
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    device = pick_device(args.device)  # checked first, even with --no-generate: a wrong device is an error
     overrides = dict(GPT2_CHECKPOINT_SETTINGS) if args.released else {}
     if args.tie_weights:
         overrides["tie_weights"] = True
@@ -150,19 +159,20 @@ def main(argv=None) -> dict:
     print("by module: " + ", ".join(f"{k} {v:,}" for k, v in by_kind.items()) + f"\nsaved {png}")
 
     result = {"preset": args.preset, "config": cfg.to_dict(), "parameters": total, "by_kind": by_kind,
-              "gpt2_small_tying": tying, "figures": [str(png)]}
+              "gpt2_small_tying": tying, "device": str(device), "figures": [str(png)]}
     if not args.no_generate:
         if args.model is None:
             torch.manual_seed(args.seed)
             gen_model, source = GPTModel(cfg).eval(), f"untrained {args.preset} (seed {args.seed})"
         else:
             gen_model, source = load_base(args.model, drop_rate=0.0).eval(), args.model
-        print(f"\ngenerating with {source}: {count_parameters(gen_model):,} parameters, tied: "
+        gen_model.to(device)  # built on the CPU (the same weights everywhere), then moved
+        print(f"\ngenerating with {source} on {device}: {count_parameters(gen_model):,} parameters, tied: "
               f"{tied_parameters(gen_model) or 'none'}")
         greedy = generate_text(gen_model, args.prompt, max_new_tokens=args.max_new_tokens)
         sampled = generate_text(gen_model, args.prompt, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k,
-                                generator=torch.Generator().manual_seed(args.seed))
+                                generator=torch.Generator(device=device).manual_seed(args.seed))
         print(f"  {'greedy:':22} {greedy!r}")
         print(f"  {f'T={args.temperature:g}, top-{args.top_k}:':22} {sampled!r}")
         result["generation"] = {"model": source, "prompt": args.prompt, "greedy": greedy, "sampled": sampled}

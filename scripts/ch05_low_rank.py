@@ -21,6 +21,10 @@ What it measures, and the PNG each result goes to (in --out):
     block matrix (results.json). Weight decay is off for this run: AdamW's decay would add a multiple of
     W (full-rank, unrelated to the task) to Delta W.
 
+Devices: the fine-tunes run on --device (auto: CUDA, then Apple MPS, then CPU; bf16 autocast on CUDA,
+as in scripts/finetune_spam.py). The math figures (1-3) and the SVDs of step 5 run on the CPU: small
+matrices, and the same numbers whatever device trained the weights.
+
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685 (section 7
 analyses the rank of Delta W); Eckart & Young 1936; Kalajdzievski 2023, rsLoRA, arXiv:2312.03732.
 """
@@ -44,6 +48,7 @@ from classify.dataset import ClassificationDataset, make_loader  # noqa: E402
 from classify.model import add_classification_head, set_trainable  # noqa: E402
 from classify.train import evaluate, train_classifier  # noqa: E402
 from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
+from gpt.device import add_device_argument, pick_device, use_bf16  # noqa: E402
 from lora import LoraConfig, apply_lora, full_parameter_count, lora_modules, lora_parameter_count  # noqa: E402
 from lora import scaling_factor  # noqa: E402
 
@@ -171,7 +176,7 @@ def finetune(args, data: SpamData, method: str, scaling: str = "alpha/r", lr: fl
              weight_decay: float = 0.1, epochs: int = 2):
     """The base with a new 2-class head, fine-tuned on the spam data by `method` ("lora": LoRA with
     args.rank / args.alpha / `scaling` on every linear layer, head trained in full; "full": every weight).
-    Returns (model, history, test metrics, seconds)."""
+    Trains on args.device; returns (model moved back to the CPU, history, test metrics, seconds)."""
     model = load_base(args.model, seed=args.seed)
     torch.manual_seed(args.seed)  # the same head (and LoRA A) initialisation in every run
     add_classification_head(model, 2)
@@ -180,14 +185,18 @@ def finetune(args, data: SpamData, method: str, scaling: str = "alpha/r", lr: fl
                                      modules_to_save=("out_head",)))
     else:
         set_trainable(model, "full")
+    model.to(args.device)  # head and LoRA A drawn on the CPU above: the same initial weights on every device
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     train_loader = make_loader(data.train, 8, shuffle=True, drop_last=True, seed=args.seed)
     val_loader = make_loader(data.val, 8)
     t0 = time.perf_counter()
-    history = train_classifier(model, train_loader, val_loader, optimizer, epochs, "cpu", eval_every=args.eval_every,
-                               seed=args.seed, max_steps=args.max_steps, progress=not args.no_progress, log=None)
+    bf16 = True if args.bf16 else None  # None: bf16 autocast on CUDA, float32 elsewhere (gpt.device.autocast)
+    history = train_classifier(model, train_loader, val_loader, optimizer, epochs, args.device,
+                               eval_every=args.eval_every, seed=args.seed, max_steps=args.max_steps, bf16=bf16,
+                               progress=not args.no_progress, log=None)
     seconds = time.perf_counter() - t0
-    return model, history, evaluate(model, make_loader(data.test, 8), "cpu"), seconds
+    test = evaluate(model, make_loader(data.test, 8), args.device, bf16=bf16)
+    return model.cpu(), history, test, seconds
 
 
 def measure_scaling(args, data: SpamData, out: Path) -> tuple[dict, torch.nn.Module]:
@@ -296,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (on a CPU shared with other programs, 2 threads can be 10x slower than 1)")
+    add_device_argument(p, note="For the fine-tunes; the math figures and the SVDs run on the CPU")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast while fine-tuning (default on CUDA)")
     p.add_argument("--skip-training", action="store_true", help="only the figures that need no training (1-3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", default=str(ROOT / "runs" / "ch05_low_rank"), help="folder for the PNGs and results.json")
@@ -324,14 +335,18 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.device = pick_device(args.device)  # before any work: a device that does not exist is a clear error
+    bf16 = use_bf16(args.device, True if args.bf16 else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"command": "python scripts/ch05_low_rank.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               "device": str(args.device), "bf16": bf16,
                "rank_r_error": plot_rank_r_error(out, args.seed), "parameter_counts": plot_params_vs_rank(out)}
     plot_scale_vs_rank(out, args.alpha)
     if not args.skip_training:
         describe_base(args.model)  # a clear FileNotFoundError before any work when the base is missing
         data = SpamData(load_base(args.model, seed=args.seed).cfg.context_length)
+        print(f"fine-tuning {args.model} on {args.device}" + (" with bf16 autocast" if bf16 else ""))
         results["scaling_runs"], lora_model = measure_scaling(args, data, out)
         results["delta_w"] = measure_delta_w(args, data, out, lora_model)
     with atomic_write(out / "results.json") as tmp:

@@ -17,6 +17,9 @@ What it does, in order:
     beyond float32 rounding, and lora.unmerge_lora must give the original weights back.
  3. Plots the factor in front of x A B against the rank for alpha/r (LoRA paper, PEFT), alpha/sqrt(r)
     (rsLoRA) and alpha (the book's first printing) at --alpha (--out/06_scale_vs_rank.png).
+
+Pricing uses the meta device whatever --device says; the merge check runs on --device (auto: CUDA,
+then Apple MPS, then CPU), in float32.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from classify.base import DEFAULT_BASE, load_base  # noqa: E402
 from classify.model import add_classification_head  # noqa: E402
 from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
 from gpt.config import GPT2_CHECKPOINT_SETTINGS, PRESETS, GPTConfig  # noqa: E402
+from gpt.device import add_device_argument, pick_device  # noqa: E402
 from gpt.model import GPTModel  # noqa: E402
 from lora import (SCALINGS, LoraConfig, apply_lora, is_merged, lora_modules, lora_parameter_report,  # noqa: E402
                   lora_trainable_count, merge_lora, scaling_factor, unmerge_lora)
@@ -73,14 +77,14 @@ def price(args) -> dict:
 
 
 @torch.no_grad()
-def merge_check(args) -> dict:
-    """Merge and unmerge LoRA on a real model; returns the largest differences seen."""
-    model = load_base(args.model, attention=args.attention, drop_rate=0.0, seed=args.seed).eval()
-    torch.manual_seed(args.seed)
-    batch = torch.randint(0, model.cfg.vocab_size, (2, min(16, model.cfg.context_length)))  # (b, T)
+def merge_check(args, device: torch.device = torch.device("cpu")) -> dict:
+    """Merge and unmerge LoRA on a real model on `device`; returns the largest differences seen."""
+    model = load_base(args.model, attention=args.attention, drop_rate=0.0, seed=args.seed).to(device).eval()
+    torch.manual_seed(args.seed)  # seeds the CPU and every GPU: the batch, LoRA's A and the random B below
+    batch = torch.randint(0, model.cfg.vocab_size, (2, min(16, model.cfg.context_length))).to(device)  # (b, T)
     base_logits = model(batch)
     cfg = LoraConfig(rank=args.rank, alpha=args.alpha, targets=tuple(args.targets), scaling=args.scaling)
-    apply_lora(model, cfg)
+    apply_lora(model, cfg)  # A and B are created on the device of the layer they wrap
     for name, p in model.named_parameters():  # pretend the adapter was trained: B != 0
         if name.endswith("lora_B"):
             p.normal_(std=args.b_std)
@@ -93,7 +97,7 @@ def merge_check(args) -> dict:
     unmerge_lora(model)
     restored = max(float((m.linear.weight - weights_before[n]).abs().max()) for n, m in lora_modules(model))
     after_unmerge = model(batch)
-    out = {"model": args.model, "layers": len(weights_before),
+    out = {"model": args.model, "device": str(device), "layers": len(weights_before),
            "lora_changes_logits_by": float((unmerged - base_logits).abs().max()),
            "merged_vs_unmerged_max_abs_diff": float((merged - unmerged).abs().max()),
            "unmerged_again_vs_unmerged_max_abs_diff": float((after_unmerge - unmerged).abs().max()),
@@ -145,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-merge", action="store_true", help="skip the merge/unmerge check")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--out", default=str(ROOT / "runs" / "ch06"), help="folder for the PNG and results.json")
+    add_device_argument(p, note="For the merge check; pricing always runs on the meta device")
     p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
     return p
 
@@ -157,6 +162,7 @@ def main(argv=None) -> dict:
         args = parser.parse_args(argv)
     if args.head_classes < 0 or args.head_classes == 1:
         raise ValueError(f"--head-classes must be 0 (keep the LM head) or >= 2, got {args.head_classes}")
+    device = pick_device(args.device)
 
     priced = price(args)
     print(f"{args.preset} ({args.attention} attention), LoRA r={args.rank} alpha={args.alpha:g} ({args.scaling}) "
@@ -165,11 +171,11 @@ def main(argv=None) -> dict:
     paper = f"; on paper (lora_trainable_count): {priced['on_paper']:,}" if priced["on_paper"] is not None else ""
     print(f"trainable {priced['trainable']:,} of {priced['total']:,} ({100 * priced['trainable'] / priced['total']:.3f} %): "
           f"LoRA {priced['lora_params']:,} in {priced['layers']} layers + modules_to_save {priced['modules_to_save']:,}{paper}")
-    result = {"pricing": {k: v for k, v in priced.items() if k != "table"}}
+    result = {"pricing": {k: v for k, v in priced.items() if k != "table"}, "device": str(device)}
 
     if not args.no_merge:
-        m = merge_check(args)
-        print(f"\nmerge check on {args.model}, {m['layers']} LoRA layers with a random 'trained' B "
+        m = merge_check(args, device)
+        print(f"\nmerge check on {args.model} ({device}), {m['layers']} LoRA layers with a random 'trained' B "
               f"(changes the logits by up to {m['lora_changes_logits_by']:.3f}):")
         print(f"  merged vs unmerged logits:  max |diff| = {m['merged_vs_unmerged_max_abs_diff']:.1e}")
         print(f"  after unmerge_lora: weights max |diff| = {m['weights_restored_max_abs_diff']:.1e}, "

@@ -21,6 +21,10 @@ What it does, in order (figures and results.json go to --out):
     These are rough timings; benchmarks/bench_inference.py is the careful measurement.
  7. Test accuracy of each adapter on both test sets, and the training curves (08_training_curves.png).
 
+Everything runs on --device (auto: CUDA, then Apple MPS, then CPU), with bf16 autocast while training
+and evaluating on CUDA as in scripts/finetune_spam.py (--bf16 asks for it elsewhere). Adapters are
+saved from CPU copies of the tensors (lora.save_adapter), so a file written on a GPU loads anywhere.
+
 Hu et al. 2021, "LoRA", arXiv:2106.09685 (section 4.2: many task-specific adapters on one frozen base,
 switched by swapping A and B; no extra inference latency once merged).
 """
@@ -46,6 +50,7 @@ from classify.model import add_classification_head, class_logits  # noqa: E402
 from classify.train import evaluate, train_classifier  # noqa: E402
 from gpt.checkpoint import atomic_write  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
+from gpt.device import add_device_argument, pick_device, synchronize, use_bf16  # noqa: E402
 from gpt.model import GPTModel  # noqa: E402
 from lora import (LoraConfig, add_adapter, apply_lora, load_adapter, lora_parameter_report, merge_lora,  # noqa: E402
                   save_adapter, set_active_adapter, unmerge_lora)
@@ -117,18 +122,21 @@ def train_adapter(model, task: Task, cfg: LoraConfig, epochs: int, args, log=pri
     log(f"{task.name}: training {sum(p.numel() for p in trainable):,} parameters (LoRA r={cfg.rank} on "
         f"{','.join(cfg.targets)} + its own 2-class head) of {sum(p.numel() for p in model.parameters()):,}")
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
-    return train_classifier(model, task.loader("train"), task.loader("val"), optimizer, epochs, "cpu",
+    return train_classifier(model, task.loader("train"), task.loader("val"), optimizer, epochs, args.device,
                             eval_every=args.eval_every, seed=args.seed, max_steps=args.max_steps,
+                            bf16=True if args.bf16 else None,
                             progress=not args.no_progress, log=log if not args.no_progress else None)
 
 
 @torch.no_grad()
 def classify(model, texts: list[str], labels: list[str], max_length: int) -> list[tuple[str, float]]:
-    """(label, probability) for each text with the model's active adapter."""
+    """(label, probability) for each text with the model's active adapter, on the model's device."""
+    device = next(model.parameters()).device
     out = []
     for text in texts:
         ids, _ = encode_for_classification(text, max_length)
-        probs = torch.softmax(class_logits(model, torch.tensor([ids]), torch.tensor([len(ids)]))[0], dim=-1)
+        logits = class_logits(model, torch.tensor([ids], device=device), torch.tensor([len(ids)], device=device))
+        probs = torch.softmax(logits[0].float(), dim=-1).cpu()  # (C,)
         k = int(probs.argmax())
         out.append((labels[k], float(probs[k])))
     return out
@@ -159,7 +167,8 @@ def different_base_errors(spec: str, adapter_dir: Path, seed: int) -> dict[str, 
 def median_latency_ms(variants: dict, inputs: dict, repeats: int) -> dict[str, dict[str, float]]:
     """Median forward-pass time (ms) of each variant for each input batch. variants: name -> (prepare, model)
     where prepare() switches the model into that state (merge/unmerge); the variants alternate within
-    each repeat so that they share the machine's load."""
+    each repeat so that they share the machine's load. On a GPU, synchronize() makes the timer wait for
+    the queued work (a forward pass returns as soon as its kernels are launched)."""
     times = {b: {v: [] for v in variants} for b in inputs}
     with torch.no_grad():
         for b, x in inputs.items():
@@ -169,8 +178,10 @@ def median_latency_ms(variants: dict, inputs: dict, repeats: int) -> dict[str, d
             for _ in range(repeats):
                 for name, (prepare, model) in variants.items():
                     prepare()
+                    synchronize(x.device)
                     t0 = time.perf_counter()
                     model(x)
+                    synchronize(x.device)
                     times[b][name].append(1e3 * (time.perf_counter() - t0))
     return {b: {v: sorted(ts)[len(ts) // 2] for v, ts in row.items()} for b, row in times.items()}
 
@@ -266,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-tokens", type=int, default=128, help="tokens per sequence in the latency measurement")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_device_argument(p)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast while training and evaluating (default on CUDA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-evaluation lines")
     p.add_argument("--out", default=str(ROOT / "runs" / "ch08_adapters"), help="folder for adapters, PNGs, results.json")
     p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
@@ -285,6 +298,8 @@ def main(argv=None, log=print) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.device = device = pick_device(args.device)  # a device that does not exist: a clear error before any work
+    bf16 = True if args.bf16 else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = describe_base(args.model)  # a clear FileNotFoundError before any work when the base is missing
@@ -298,6 +313,8 @@ def main(argv=None, log=print) -> dict:
             log(getattr(task, split).describe(f"{task.name} {split}"))
     torch.manual_seed(args.seed)
     add_classification_head(model, num_classes=2)
+    model.to(device)  # the head drawn on the CPU: the same initial weights on every device
+    log(f"device {device}" + (" with bf16 autocast" if use_bf16(device, bf16) else ""))
     cfg = lora_config(args)
     epochs = {"spam": args.spam_epochs, "sentiment": args.sentiment_epochs}
     histories, train_seconds = {}, {}
@@ -324,14 +341,14 @@ def main(argv=None, log=print) -> dict:
     log("sizes: " + ", ".join(f"{k} {v:,} bytes" for k, v in size_rows.items()))
 
     # 4. A fresh base with both adapters: same logits, swap, classify.
-    fresh = load_base(args.model, drop_rate=0.0, seed=args.seed).eval()
+    fresh = load_base(args.model, drop_rate=0.0, seed=args.seed).to(device).eval()
     for folder in adapter_dirs.values():
         load_adapter(fresh, folder)
     logit_diff = {}
     for name in TASKS:
         set_active_adapter(model, name)
         set_active_adapter(fresh, name)
-        x, lengths, _ = next(iter(tasks[name].loader("test")))
+        x, lengths, _ = (t.to(device) for t in next(iter(tasks[name].loader("test"))))
         with torch.no_grad():
             logit_diff[name] = (class_logits(fresh, x, lengths) - class_logits(model, x, lengths)).abs().max().item()
     assert max(logit_diff.values()) < 1e-4, logit_diff
@@ -352,7 +369,7 @@ def main(argv=None, log=print) -> dict:
     accuracy = {}
     for adapter in TASKS:
         set_active_adapter(fresh, adapter)
-        accuracy[adapter] = {t: evaluate(fresh, tasks[t].loader("test"), "cpu")["accuracy"] for t in TASKS}
+        accuracy[adapter] = {t: evaluate(fresh, tasks[t].loader("test"), device, bf16=bf16)["accuracy"] for t in TASKS}
         log(f"{adapter} adapter, test accuracy: " + ", ".join(f"{t} {100 * a:.1f} %" for t, a in accuracy[adapter].items()))
     plot_training_curves(histories, out / "08_training_curves.png")
 
@@ -360,7 +377,8 @@ def main(argv=None, log=print) -> dict:
     set_active_adapter(fresh, "spam")
     T = min(args.latency_tokens, fresh.cfg.context_length)
     g = torch.Generator().manual_seed(args.seed)
-    inputs = {b: torch.randint(0, fresh.cfg.vocab_size, (b, T), generator=g) for b in (1, 8)}
+    inputs = {b: torch.randint(0, fresh.cfg.vocab_size, (b, T), generator=g).to(device)  # drawn on the CPU
+              for b in (1, 8)}
     with torch.no_grad():
         unmerged_logits = class_logits(fresh, inputs[8])
         merge_lora(fresh)
@@ -369,6 +387,7 @@ def main(argv=None, log=print) -> dict:
     plain = load_base(args.model, drop_rate=0.0, seed=args.seed).eval()  # no LoRA wrappers at all
     torch.manual_seed(args.seed)
     add_classification_head(plain, num_classes=2)
+    plain.to(device)
     state = {"merged": False}
 
     def to(merged: bool):
@@ -381,14 +400,16 @@ def main(argv=None, log=print) -> dict:
     variants = {"base": (lambda: None, plain), "LoRA unmerged": (to(False), fresh), "LoRA merged": (to(True), fresh)}
     latency = median_latency_ms(variants, inputs, args.repeats)
     to(False)()
-    note = f"{T} tokens, median of {args.repeats}, {torch.get_num_threads()} thread(s)"
+    where = f"{torch.get_num_threads()} thread(s)" if device.type == "cpu" else str(device)
+    note = f"{T} tokens, median of {args.repeats}, {where}"
     plot_latency(latency, out / "08_latency.png", note)
     for b, row in latency.items():
         log(f"batch {b}: " + ", ".join(f"{v} {ms:.1f} ms" for v, ms in row.items()))
 
     results = {
         "command": "python scripts/ch08_adapters.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "base": args.model, "lora": cfg.to_dict(), "lr": args.lr, "epochs": epochs, "max_steps": args.max_steps,
+        "base": args.model, "device": str(device), "bf16": use_bf16(device, bf16),
+        "lora": cfg.to_dict(), "lr": args.lr, "epochs": epochs, "max_steps": args.max_steps,
         "trainable_per_adapter": report["per_adapter"],
         "train_seconds": train_seconds,
         "file_sizes_bytes": size_rows,

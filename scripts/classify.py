@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from classify.base import load_base  # noqa: E402
 from classify.dataset import encode_for_classification  # noqa: E402
 from classify.model import add_classification_head, class_logits  # noqa: E402
-from gpt.device import pick_device  # noqa: E402
+from gpt.device import add_device_argument, pick_device  # noqa: E402
 
 CLASSIFIER_FILE = "classifier.json"
 FORMAT = "lora-from-scratch/spam-classifier"
@@ -92,14 +92,19 @@ def format_result(r: dict, text: str) -> str:
     return f"{r['label']} (p={r['p']:.2f}){cut}\t{shown}"
 
 
-def main(argv=None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("texts", nargs="*", help="texts to classify; none (or -): read one text per line from stdin")
     p.add_argument("--adapter", default=str(ROOT / "runs" / "spam-lora"),
                    help="folder written by scripts/finetune_spam.py (LoRA adapter or trained weights + classifier.json)")
     p.add_argument("--base", default=None, help="base model to use instead of the one in classifier.json")
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+    add_device_argument(p)
+    return p
+
+
+def main(argv=None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    device = pick_device(args.device)  # a device that does not exist: an error before reading stdin
     texts = args.texts
     if not texts or texts == ["-"]:
         texts = [line.rstrip("\r\n") for line in sys.stdin]
@@ -109,7 +114,6 @@ def main(argv=None) -> list[dict]:
     for i, t in enumerate(texts):
         if not t.strip():
             raise ValueError(f"text {i + 1} is empty: there is nothing to classify")
-    device = pick_device(args.device)
     model, info = load_classifier(args.adapter, args.base, device)
     results = classify_texts(model, info, texts, device)
     for r, t in zip(results, texts):

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
+from gpt.device import add_device_argument, pick_device  # noqa: E402
 
 
 def _load_finetune_spam():
@@ -240,7 +241,7 @@ def render(results_dir: Path) -> dict:
     return report
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="which rows to run")
     p.add_argument("--seeds", nargs="+", type=int, default=[123], help="one run per seed per row; the table shows the mean")
@@ -250,13 +251,21 @@ def main(argv=None) -> dict:
     p.add_argument("--in-process", action="store_true", help="run the rows in this process (faster, shared peak RSS)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each its own process (use with --threads 1; times then include contention)")
+    add_device_argument(p, note="Passed to every finetune_spam.py run (which uses bf16 autocast on CUDA)")
     p.add_argument("--quick", action="store_true", help="tiny random model, a few steps, in process (tests)")
     p.add_argument("--render-only", action="store_true",
                    help="run nothing: rewrite spam_comparison.md and spam_curves.png from --results/spam_comparison.json")
-    args, extra = p.parse_known_args(argv)  # anything else is passed to finetune_spam.py (e.g. --epochs 2)
+    return p
+
+
+def main(argv=None) -> dict:
+    args, extra = build_parser().parse_known_args(argv)  # anything else is passed to finetune_spam.py (e.g. --epochs 2)
     if args.render_only:
         return render(Path(args.results))
+    pick_device(args.device)  # a device that does not exist: a clear error here, before any run
     common = list(extra)
+    if args.device != "auto":  # finetune_spam.py's own default is auto: every run gets the same device either way
+        common += ["--device", args.device]
     if args.quick:
         common.append("--quick")
         args.in_process = True

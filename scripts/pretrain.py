@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from classify.data import unlabelled_sms_for_pretraining  # noqa: E402
-from gpt.checkpoint import atomic_write, save_model  # noqa: E402
+from gpt.checkpoint import atomic_write, load_model, save_model  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.data import TokenWindows, tokenize_documents  # noqa: E402
-from gpt.device import pick_device  # noqa: E402
+from gpt.device import add_device_argument, pick_device  # noqa: E402
 from gpt.distributed import cleanup, get_world_size, init_distributed, is_main_process  # noqa: E402
 from gpt.generate import generate_text  # noqa: E402
 from gpt.model import GPTModel  # noqa: E402
@@ -70,9 +70,30 @@ def build_corpus(corpus: str, sms_repeat: int, seed: int):
     return train, val, described
 
 
+def _init_checkpoint(spec: str) -> dict:
+    """The checkpoint to continue from: its path, name and, when it has a manifest.json beside it (as a
+    shipped folder does), what that manifest says, so the new manifest can record the whole history."""
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"--init {spec}: no checkpoint there (expected a .safetensors file or a folder "
+                                f"holding model.safetensors)")
+    manifest_path = path.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    previous = {k: manifest[k] for k in ("name", "steps", "tokens_seen", "final_val_loss", "wall_time_minutes",
+                                         "device", "command", "sha256", "continued_from") if k in manifest}
+    previous["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()  # what was actually loaded
+    return {"path": path, "name": manifest.get("name", path.parent.name), "tokens_seen": manifest.get("tokens_seen", 0),
+            "manifest": previous}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="gpt-mini", help="model size (see gpt/config.py PRESETS)")
+    p.add_argument("--init", default=None,
+                   help="continue pre-training from this checkpoint (a folder such as data/gpt-mini, or a .safetensors "
+                        "file written by gpt.checkpoint.save_model) instead of random weights; --preset is then ignored")
     p.add_argument("--corpus", default="novels+sms", choices=["novels+sms", "novels", "verdict"])
     p.add_argument("--sms-repeat", type=int, default=4, help="how often the SMS training messages are repeated")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: one pass over the corpus)")
@@ -85,7 +106,7 @@ def main(argv=None):
     p.add_argument("--save-every", type=int, default=None, help="steps between resumable checkpoints (default: --eval-every)")
     p.add_argument("--drop-rate", type=float, default=None, help="dropout (default: the preset's)")
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    add_device_argument(p)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (default on CUDA; on CPUs with AVX512-BF16 it is ~1.7x faster)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default=str(ROOT / "runs" / "pretrain"), help="run folder: resumable state, final model, plot")
@@ -111,7 +132,13 @@ def _run(args, argv, device):
     torch.manual_seed(args.seed)  # the same initial weights in every process
 
     overrides = {} if args.drop_rate is None else {"drop_rate": args.drop_rate}
-    cfg = GPTConfig.from_preset(args.preset, **overrides)
+    init = _init_checkpoint(args.init) if args.init else None
+    if init is not None:  # continued pre-training: the checkpoint's config and weights (fp16 ships are upcast)
+        model = load_model(init["path"], **overrides)
+        cfg, name = model.cfg, init["name"]
+    else:
+        cfg, name = GPTConfig.from_preset(args.preset, **overrides), args.preset
+        model = GPTModel(cfg)
     train_texts, val_texts, described = build_corpus(args.corpus, args.sms_repeat, args.seed)
     window = cfg.context_length
     train_data = TokenWindows(tokenize_documents(train_texts), window)
@@ -121,11 +148,12 @@ def _run(args, argv, device):
                           min_lr=args.min_lr, warmup_steps=args.warmup_steps, eval_every=args.eval_every,
                           save_every=args.save_every or args.eval_every, seed=args.seed,
                           bf16=True if args.bf16 else None)
-    model = GPTModel(cfg).to(device)
+    model = model.to(device)
     world_size = get_world_size()
-    log(f"{args.preset}: {count_parameters(model):,} parameters | {len(train_data):,} training windows of "
+    log(f"{name}: {count_parameters(model):,} parameters | {len(train_data):,} training windows of "
         f"{window} tokens | {max_steps} steps of {args.batch_size} windows on {device}"
-        + (f" x {world_size} processes ({args.batch_size // world_size} windows each)" if world_size > 1 else ""))
+        + (f" x {world_size} processes ({args.batch_size // world_size} windows each)" if world_size > 1 else "")
+        + (f" | continuing from {init['path']}" if init else ""))
     # Greedy generation draws no random numbers, so rank 0 doing it alone keeps the ranks in step.
     samples_before = {q: generate_text(model, q, 20) for q in PROMPTS} if main_process else {}
     t0 = time.perf_counter()
@@ -134,7 +162,7 @@ def _run(args, argv, device):
     if not main_process:
         return history
     out = Path(args.out)
-    plot_losses(history, out / "loss.png", title=f"pre-training {args.preset}")
+    plot_losses(history, out / "loss.png", title=f"pre-training {name}")
     samples_after = {q: generate_text(model, q, 30) for q in PROMPTS}
     for q in PROMPTS:
         print(f"\nbefore: {samples_before[q]!r}\nafter:  {samples_after[q]!r}")
@@ -143,9 +171,9 @@ def _run(args, argv, device):
     if args.ship:
         ship = Path(args.ship)
         ckpt = save_model(model.cpu(), ship / "model.safetensors", dtype=torch.float16)
-        plot_losses(history, ship / "loss.png", title=f"pre-training {args.preset}")
+        plot_losses(history, ship / "loss.png", title=f"pre-training {name}")
         manifest = {
-            "name": args.preset,
+            "name": name,
             "config": cfg.to_dict(),
             "parameters": count_parameters(model),
             "corpus": described,
@@ -153,7 +181,7 @@ def _run(args, argv, device):
             if args.corpus == "novels+sms" else None,
             "window_tokens": window,
             "steps": max_steps,
-            "tokens_seen": history.tokens[-1],
+            "tokens_seen": history.tokens[-1] + (init["tokens_seen"] if init else 0),
             "final_train_loss": round(history.train_loss[-1], 4),
             "final_val_loss": round(history.val_loss[-1], 4),
             "wall_time_minutes": round(seconds / 60, 1),
@@ -163,6 +191,7 @@ def _run(args, argv, device):
             "command": (f"torchrun --nproc_per_node={world_size} " if world_size > 1 else "python ")
             + "scripts/pretrain.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "torch": torch.__version__,
+            **({"continued_from": init["manifest"]} if init else {}),
             "samples": samples_after,
             "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
         }

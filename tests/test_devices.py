@@ -1,0 +1,239 @@
+"""Every script and benchmark picks CUDA / Apple MPS / CPU by itself and can be told which (issue 7).
+
+- every command line in scripts/ and benchmarks/ takes --device, defaulting to "auto" (benchmarks: "cpu",
+  the device their committed results were measured on; run_all: each benchmark's own default);
+- gpt.device.pick_device("auto") prefers CUDA, then MPS, then the CPU; use_bf16 (what autocast decides)
+  turns bf16 on for CUDA by default and never for MPS;
+- a device that does not exist is a ValueError naming it, before any file is written;
+- --device cpu gives the numbers the default gives (on a machine without a GPU, where auto is the CPU).
+
+Parsers are checked by parsing, not by running: the whole module takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts next to the packages
+    sys.path.insert(0, str(ROOT))
+
+from gpt.device import DEVICE_HELP, autocast, pick_device, synchronize, use_bf16  # noqa: E402
+
+NO_GPU = not torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread (and the test machine is shared); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@functools.cache
+def _script(name: str):
+    """scripts/<name>.py loaded by path (scripts/classify.py would shadow the classify package on sys.path),
+    registered in sys.modules while it runs (dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(f"devices_script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _command_lines() -> list[tuple[str, str]]:
+    """("scripts", name) for every script, ("benchmarks", name) for every benchmark module with a command line."""
+    found = [("scripts", p.stem) for p in sorted((ROOT / "scripts").glob("*.py"))]
+    found += [("benchmarks", p.stem) for p in sorted((ROOT / "benchmarks").glob("*.py"))
+              if "ArgumentParser(" in p.read_text(encoding="utf-8")]  # builds a parser: a command line
+    return found
+
+
+def _load(folder: str, name: str):
+    return _script(name) if folder == "scripts" else importlib.import_module(f"benchmarks.{name}")
+
+
+def _expected_default(folder: str, name: str) -> str | None:
+    if folder == "scripts":
+        return "auto"
+    return None if name == "run_all" else "cpu"  # run_all passes --device on only when given
+
+
+def test_every_command_line_is_found():
+    """The list below is what the parametrised test covers: a new script shows up here (and must pass it)."""
+    names = {f"{folder}/{name}" for folder, name in _command_lines()}
+    assert names >= {"scripts/ch01_tokens", "scripts/ch02_attention", "scripts/ch03_gpt_model", "scripts/ch05_low_rank",
+                     "scripts/ch06_lora_layers", "scripts/ch08_adapters", "scripts/classify",
+                     "scripts/compare_finetuning", "scripts/finetune_spam", "scripts/pretrain",
+                     "benchmarks/bench_attention", "benchmarks/bench_inference", "benchmarks/bench_lora_vs_full",
+                     "benchmarks/bench_mfu", "benchmarks/bench_peers", "benchmarks/bench_peft_methods",
+                     "benchmarks/run_all"}
+    assert "benchmarks/common" not in names and "benchmarks/setups" not in names  # helpers, no command line
+
+
+class _Parsed(Exception):
+    """Raised by the patched parse_args: main() stops right after parsing its arguments."""
+
+
+def _parse(module, argv: list[str], monkeypatch) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """(arguments, parser) as the module's command line parses `argv`: with its build_parser() where it has
+    one, otherwise by calling main(argv) with ArgumentParser.parse_args stopping it after the parse."""
+    if hasattr(module, "build_parser"):
+        parser = module.build_parser()
+        return parser.parse_known_args(argv)[0], parser
+    seen = {}
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        seen["args"], seen["parser"] = parse_args(self, args, namespace), self
+        raise _Parsed
+
+    with monkeypatch.context() as m:
+        m.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+        with pytest.raises(_Parsed):
+            module.main(argv)
+    return seen["args"], seen["parser"]
+
+
+@pytest.mark.parametrize("folder,name", _command_lines(), ids=lambda v: v)
+def test_command_line_takes_device(folder, name, monkeypatch):
+    module = _load(folder, name)
+    default, parser = _parse(module, [], monkeypatch)
+    given, _ = _parse(module, ["--device", "cpu"], monkeypatch)
+    assert default.device == _expected_default(folder, name)
+    assert given.device == "cpu"
+    action = next(a for a in parser._actions if a.dest == "device")
+    if _expected_default(folder, name) is not None:  # gpt.device.add_device_argument's help text
+        assert action.help.startswith(DEVICE_HELP)
+    if folder == "benchmarks" and name != "run_all":  # the help says why the default is not auto
+        assert "committed results were measured on a CPU" in action.help
+
+
+# ----------------------------------------------------------------------------- gpt/device.py
+
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    assert pick_device() == torch.device("cpu")  # "auto" is the default
+
+
+def test_named_devices_are_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"device 'cuda:2' requested but only 2 CUDA device\(s\) exist"):
+        pick_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available"):
+        pick_device("cuda")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="Apple MPS is not available"):
+        pick_device("mps")
+
+
+def test_bf16_decision(monkeypatch):
+    """What autocast(device, bf16) decides, without entering a CUDA autocast on a CPU machine."""
+    cuda, cpu, mps = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert use_bf16(cuda) is True and use_bf16("cuda:0") is True  # default on a GPU that has bf16
+    assert use_bf16(cpu) is False and use_bf16(mps) is False  # default elsewhere: float32
+    assert use_bf16(cuda, False) is False  # asked not to
+    assert use_bf16(cpu, True) is True  # asked to, on a CPU
+    assert use_bf16(mps, True) is False  # never on MPS
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert use_bf16(cuda) is False  # a GPU without bf16 (before Ampere): float32
+
+
+def test_autocast_on_the_cpu():
+    off = autocast(torch.device("cpu"))
+    assert not isinstance(off, torch.autocast)  # a no-op context
+    with off:
+        assert not torch.is_autocast_enabled("cpu")
+    on = autocast(torch.device("cpu"), True)
+    assert isinstance(on, torch.autocast) and on.fast_dtype == torch.bfloat16
+    with on:
+        y = torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3))
+    assert y.dtype == torch.bfloat16 and float(y[0, 0]) == 3.0
+
+
+def test_synchronize_is_one_function():
+    from benchmarks import common
+
+    assert common.synchronize is synchronize  # benchmarks import it from gpt/, not a copy
+    synchronize("cpu")  # nothing to wait for on a CPU: returns at once
+    synchronize(torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- a device that does not exist
+
+WRONG_DEVICE = [  # (script, extra arguments): each must refuse --device cuda before writing anything
+    ("ch01_tokens", ["--no-plot"]),
+    ("ch02_attention", ["--quick"]),
+    ("ch03_gpt_model", ["--quick"]),
+    ("ch05_low_rank", ["--quick"]),
+    ("ch06_lora_layers", ["--quick"]),
+    ("ch08_adapters", ["--quick"]),
+]
+
+
+@pytest.mark.skipif(not NO_GPU, reason="needs a machine without CUDA")
+@pytest.mark.parametrize("name,extra", WRONG_DEVICE, ids=[n for n, _ in WRONG_DEVICE])
+def test_chapter_script_refuses_a_missing_gpu(name, extra, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available on this machine"):
+        _script(name).main([*extra, "--device", "cuda", "--out", str(out)])
+    assert not out.exists()  # refused before any file was written
+
+
+@pytest.mark.skipif(not NO_GPU, reason="needs a machine without CUDA")
+def test_other_command_lines_refuse_a_missing_gpu(tmp_path):
+    from benchmarks import bench_mfu, run_all
+
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        _script("classify").main(["--device", "cuda", "--adapter", str(tmp_path / "none"), "hello"])
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        _script("compare_finetuning").main(["--quick", "--device", "cuda", "--results", str(tmp_path / "r"),
+                                            "--runs", str(tmp_path / "runs")])
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        bench_mfu.main(["--quick", "--device", "cuda", "--out-dir", str(tmp_path / "b")])
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        run_all.main(["--quick", "--device", "cuda", "--out-dir", str(tmp_path / "all")])
+    assert list(tmp_path.iterdir()) == []  # nothing written by any of them
+
+
+# ----------------------------------------------------------------------------- --device cpu = the default
+
+def test_device_cpu_writes_the_numbers_the_default_writes(tmp_path):
+    """ch02 --quick: attention weights, token ids and the fused-vs-separate difference. Where auto is
+    the CPU they must be identical; on a GPU machine the default runs on the GPU: equal to float32 rounding."""
+    ch02 = _script("ch02_attention")
+    runs = {}
+    for name, flags in (("default", []), ("cpu", ["--device", "cpu"])):
+        ch02.main(["--quick", "--repeats", "1", *flags, "--out", str(tmp_path / name)])
+        runs[name] = json.loads((tmp_path / name / "results.json").read_text())
+    auto, cpu = runs["default"], runs["cpu"]
+    assert cpu["device"] == "cpu" and auto["device"] == str(pick_device("auto"))
+    assert (auto["ids"], auto["tokens"]) == (cpu["ids"], cpu["tokens"])
+    assert cpu["ids"][:5] == [6109, 3626, 6100, 345, 2651]  # "Every effort moves you forward", GPT-2's ids
+    assert len(cpu["weights"]) == len(cpu["ids"]) == 13 and cpu["weights"][0][0] == 1.0  # token 0 sees only itself
+    if auto["device"] == "cpu":
+        assert auto["weights"] == cpu["weights"]
+        assert auto["fused_max_abs_diff"] == cpu["fused_max_abs_diff"]
+    else:
+        torch.testing.assert_close(torch.tensor(auto["weights"]), torch.tensor(cpu["weights"]), rtol=0, atol=1e-4)
