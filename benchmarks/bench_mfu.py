@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
     if lora_name is not None:
         u = rates[lora_name] / reference
         verdict = (f"| {lora_name} | {100 * u:.0f} % | >= {100 * TARGET_MFU:.0f} % | "
-                   f"{'met' if u >= TARGET_MFU else f'missed by {100 * (TARGET_MFU - u):.0f} points'} |")
+                   f"{'met' if u >= TARGET_MFU else f'missed by {100 * (TARGET_MFU - u):.1f} points'} |")
     parts = [
         f"{args.shape} shape, batch {args.batch_size} x {args.tokens} tokens, fp32. Median of {args.repeats} "
         f"calls, all cases alternating. Matmul FLOPs counted analytically (benchmarks/flops.py); utilisation is "

@@ -225,15 +225,10 @@ def _detail(method: str, args) -> str:
 
 def _plot(rows: dict, path) -> None:
     """Test accuracy against trainable parameters, and deployed latency, one bar per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gpt.checkpoint import save_figure
+    from gpt.checkpoint import new_figure, save_figure
 
     names = [r["method"] for r in rows.values()]
-    fig, (ax_acc, ax_lat) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    fig, (ax_acc, ax_lat) = new_figure(1, 2, figsize=(9, 3.4), dpi=100)
     ax_acc.scatter([r["trainable_params"] for r in rows.values()], [100 * r["test_accuracy"] for r in rows.values()])
     for name, r in zip(names, rows.values()):
         ax_acc.annotate(name, (r["trainable_params"], 100 * r["test_accuracy"]), fontsize=8)

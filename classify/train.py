@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from classify.model import class_logits
+from gpt.checkpoint import new_figure, save_figure
 from gpt.device import autocast
 
 
@@ -235,12 +236,8 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
 
 def plot_history(history: ClassifierHistory | dict, path: str | Path, title: str = "fine-tuning") -> Path:
     """Loss and accuracy (train running average, validation) against examples seen, as a PNG."""
-    # A bare Figure (no pyplot): nothing is shown, and a notebook's own plotting backend is left alone.
-    from matplotlib.figure import Figure
-
     h = history if isinstance(history, dict) else history.to_dict()
-    fig = Figure(figsize=(9, 3.4), dpi=100)
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(9, 3.4), dpi=100)
     ax_loss.plot(h["examples_seen"], h["train_loss"], label="train (running)")
     ax_loss.plot(h["examples_seen"], h["val_loss"], label="validation")
     ax_loss.set_ylabel("cross-entropy (nats/example)")
@@ -253,8 +250,6 @@ def plot_history(history: ClassifierHistory | dict, path: str | Path, title: str
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    from gpt.checkpoint import save_figure
-
     return save_figure(fig, path)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -116,13 +117,22 @@ def remove_orphaned_temp_files(path: str | Path, suffix: str = ".tmp") -> list[P
     return removed
 
 
+def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 3.5), dpi: int = 100, **subplots_kwargs):
+    """(figure, axes) as plt.subplots gives them, but without pyplot: no window, no global figure list,
+    and a notebook's plotting backend is left alone when a script's plotting function runs there.
+    Save the figure with save_figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots(nrows, ncols, **subplots_kwargs)
+
+
 def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
     """Write a matplotlib figure as a PNG atomically (like every other file here), then close it."""
-    import matplotlib.pyplot as plt
-
     with atomic_write(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", **savefig_kwargs)
-    plt.close(fig)
+    if "matplotlib.pyplot" in sys.modules:  # a pyplot figure: free it (new_figure's figures need nothing)
+        sys.modules["matplotlib.pyplot"].close(fig)
     return Path(path)
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from gpt.checkpoint import load_training_state, save_figure, save_model, save_training_state
+from gpt.checkpoint import load_training_state, new_figure, save_figure, save_model, save_training_state
 from gpt.device import autocast
 from gpt.distributed import (all_gather_tensor, all_reduce_mean, all_reduce_sum, barrier, get_rank, get_world_size,
                              shard, sync_gradients, wrap_model)
@@ -277,12 +277,7 @@ def _warn_if_config_changed(saved: dict | None, cfg: PretrainConfig) -> None:
 
 
 def plot_losses(history: History, path: str | Path, title: str = "pre-training") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    fig, ax = new_figure(figsize=(6, 3.6), dpi=100)
     ax.plot(history.tokens, history.train_loss, label="train (last batch)")
     ax.plot(history.tokens, history.val_loss, label="validation")
     ax.set_xlabel("tokens seen")

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from classify.data import SMS_SPAM_FILE, SMS_SPAM_LABELS, load_sms_spam  # noqa: E402
-from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
+from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
 from gpt.device import add_device_argument, pick_device  # noqa: E402
 from gpt.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
 
@@ -93,13 +93,9 @@ def length_stats(lengths: list[int]) -> dict:
 
 
 def plot_lengths(lengths: dict[str, list[int]], path: Path, clip: int = 128) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = new_figure(figsize=(6, 3.5), dpi=100)
     bins = np.arange(0, clip + 4, 4)
     for (name, values), color in zip(lengths.items(), ("tab:blue", "tab:red")):
         ax.hist(np.clip(values, 0, clip), bins=bins, density=True, alpha=0.55, color=color,

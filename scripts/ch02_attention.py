@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from classify.base import DEFAULT_BASE, load_base  # noqa: E402
 from gpt.attention import causal_attention  # noqa: E402
-from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
+from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
 from gpt.device import add_device_argument, pick_device, synchronize  # noqa: E402
 from gpt.model import convert_attention  # noqa: E402
 from gpt.tokenizer import get_tokenizer  # noqa: E402
@@ -64,14 +64,9 @@ def attention_weights(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
 
 
 def plot_heatmap(weights: torch.Tensor, tokens: list[str], title: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     T = len(tokens)
     size = min(8.0, 2.5 + 0.35 * T)
-    fig, ax = plt.subplots(figsize=(size + 1, size), dpi=100)
+    fig, ax = new_figure(figsize=(size + 1, size), dpi=100)
     im = ax.imshow(weights.numpy(), cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(T), tokens, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(T), tokens, fontsize=8)

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from classify.base import load_base  # noqa: E402
-from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
+from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
 from gpt.config import GPT2_CHECKPOINT_SETTINGS, PRESETS, GPTConfig  # noqa: E402
 from gpt.device import add_device_argument, pick_device  # noqa: E402
 from gpt.generate import generate_text  # noqa: E402
@@ -82,14 +82,9 @@ def tying_numbers(seed: int) -> dict[str, int]:
 
 
 def plot_by_kind(by_kind: dict[str, int], preset: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     total = sum(by_kind.values())
     kinds = [k for k in KINDS if by_kind[k] > 0]
-    fig, ax = plt.subplots(figsize=(6.5, 3.2), dpi=100)
+    fig, ax = new_figure(figsize=(6.5, 3.2), dpi=100)
     bars = ax.barh(kinds, [by_kind[k] / 1e6 for k in kinds],
                    color=["tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:purple"][:len(kinds)])
     for bar, k in zip(bars, kinds):

@@ -47,7 +47,7 @@ from classify.data import spam_splits  # noqa: E402
 from classify.dataset import ClassificationDataset, make_loader  # noqa: E402
 from classify.model import add_classification_head, set_trainable  # noqa: E402
 from classify.train import evaluate, train_classifier  # noqa: E402
-from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
+from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
 from gpt.device import add_device_argument, pick_device, use_bf16  # noqa: E402
 from lora import LoraConfig, apply_lora, full_parameter_count, lora_modules, lora_parameter_count  # noqa: E402
 from lora import scaling_factor  # noqa: E402
@@ -79,27 +79,17 @@ def relative_errors(W: torch.Tensor, ranks) -> list[float]:
     return [(1.0 - energy(S, r)) ** 0.5 if r > 0 else 1.0 for r in ranks]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> Path:
     return save_figure(fig, path, dpi=100)
 
 
 def plot_rank_r_error(out: Path, seed: int) -> dict:
-    plt = _plt()
     torch.manual_seed(seed)
     d = k = 256
     matrices = {"random 256 x 256": torch.randn(d, k),
                 "rank-8 signal + noise": torch.randn(d, 8) @ torch.randn(8, k) + 2.0 * torch.randn(d, k)}
     ranks = list(range(0, k + 1, 4))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = new_figure(1, 2, figsize=(10, 3.6))
     summary = {}
     for name, W in matrices.items():
         S = torch.linalg.svdvals(W)
@@ -124,9 +114,8 @@ def plot_rank_r_error(out: Path, seed: int) -> dict:
 
 
 def plot_params_vs_rank(out: Path, d: int = 768) -> dict:
-    plt = _plt()
     rs = list(range(1, d + 1))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure(figsize=(6, 3.5))
     ax.plot(rs, [lora_parameter_count(d, d, r) for r in rs], label="LoRA: r (d + k)")
     ax.axhline(full_parameter_count(d, d), color="tab:red", ls="--", label="full fine-tuning: d k")
     ax.axvline(d * d / (2 * d), color="gray", ls=":", label=f"break-even r = {d // 2}")
@@ -144,9 +133,8 @@ def plot_params_vs_rank(out: Path, d: int = 768) -> dict:
 
 
 def plot_scale_vs_rank(out: Path, alpha: float) -> None:
-    plt = _plt()
     rs = list(range(1, 257))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure(figsize=(6, 3.5))
     for scaling, style in (("alpha", "--"), ("alpha/sqrt(r)", "-."), ("alpha/r", "-")):
         ax.plot(rs, [scaling_factor(alpha, r, scaling) for r in rs], style, label=f"{scaling} (alpha = {alpha:g})")
     ax.set_xscale("log", base=2)
@@ -201,9 +189,8 @@ def finetune(args, data: SpamData, method: str, scaling: str = "alpha/r", lr: fl
 
 def measure_scaling(args, data: SpamData, out: Path) -> tuple[dict, torch.nn.Module]:
     """LoRA with alpha/r vs alpha (book's first printing), same everything else. Returns (results, alpha/r model)."""
-    plt = _plt()
     results, models = {}, {}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = new_figure(1, 2, figsize=(10, 3.6))
     for scaling in ("alpha/r", "alpha"):
         model, h, test, seconds = finetune(args, data, "lora", scaling=scaling, lr=args.lr, epochs=args.epochs)
         scale = scaling_factor(args.alpha, args.rank, scaling)
@@ -237,7 +224,6 @@ def _weight(model, name: str) -> torch.Tensor:
 
 def measure_delta_w(args, data: SpamData, out: Path, lora_model=None) -> dict:
     """Full fine-tune, then the singular values of Delta W against W and a random matrix."""
-    plt = _plt()
     full_model, h, test, seconds = finetune(args, data, "full", lr=args.full_lr, weight_decay=0.0,
                                             epochs=args.full_epochs)
     print(f"full fine-tuning (lr {args.full_lr:g}, no weight decay): {h.step[-1]} steps in {seconds:.0f} s | "
@@ -259,7 +245,7 @@ def measure_delta_w(args, data: SpamData, out: Path, lora_model=None) -> dict:
     shown = ["trf_blocks.0.att.W_query", f"trf_blocks.{n_layers // 2}.att.W_value",
              f"trf_blocks.{n_layers // 2}.ff.layers.0", f"trf_blocks.{n_layers - 1}.att.out_proj"]
     lora_layers = dict(lora_modules(lora_model)) if lora_model is not None else {}
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
+    fig, axes = new_figure(2, 2, figsize=(10, 6.4))
     for ax, name in zip(axes.flat, shown):
         for key, label, style in (("delta_w", "Delta W (full fine-tune)", "-"), ("w", "W (pre-trained)", "--"),
                                   ("random", "random, same shape", ":")):

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from classify.base import DEFAULT_BASE, load_base  # noqa: E402
 from classify.model import add_classification_head  # noqa: E402
-from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
+from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
 from gpt.config import GPT2_CHECKPOINT_SETTINGS, PRESETS, GPTConfig  # noqa: E402
 from gpt.device import add_device_argument, pick_device  # noqa: E402
 from gpt.model import GPTModel  # noqa: E402
@@ -108,15 +108,10 @@ def merge_check(args, device: torch.device = torch.device("cpu")) -> dict:
 
 
 def plot_scales(alpha: float, path: Path) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = {"alpha/r": "alpha / r (LoRA paper, PEFT)", "alpha/sqrt(r)": "alpha / sqrt(r) (rsLoRA)",
               "alpha": "alpha (book, 1st printing)"}
     scales = {s: [scaling_factor(alpha, r, s) for r in SCALE_RANKS] for s in SCALINGS}
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = new_figure(figsize=(6, 3.5), dpi=100)
     for s in SCALINGS:
         ax.loglog(SCALE_RANKS, scales[s], "o-", ms=3, label=labels[s])
     ax.axvline(16, color="gray", lw=0.8, ls=":")

@@ -48,7 +48,7 @@ from classify.data import load_sentiment, random_split, spam_splits  # noqa: E40
 from classify.dataset import ClassificationDataset, encode_for_classification, make_loader  # noqa: E402
 from classify.model import add_classification_head, class_logits  # noqa: E402
 from classify.train import evaluate, train_classifier  # noqa: E402
-from gpt.checkpoint import atomic_write  # noqa: E402
+from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.device import add_device_argument, pick_device, synchronize, use_bf16  # noqa: E402
 from gpt.model import GPTModel  # noqa: E402
@@ -188,18 +188,8 @@ def median_latency_ms(variants: dict, inputs: dict, repeats: int) -> dict[str, d
 
 # ----------------------------------------------------------------------------- figures
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_file_sizes(sizes: dict[str, int], path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    fig, ax = new_figure(figsize=(6, 3), dpi=100)
     names, values = list(sizes), [v / 1e6 for v in sizes.values()]
     bars = ax.barh(names, values, color=["#bbbbbb"] + ["#2a9d8f"] * (len(names) - 1))
     for bar, v in zip(bars, sizes.values()):
@@ -210,13 +200,11 @@ def plot_file_sizes(sizes: dict[str, int], path: Path) -> None:
     ax.set_xlabel("file size (MB, log scale)")
     ax.set_title("an adapter is a small file next to one shared base")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_training_curves(histories: dict, path: Path) -> None:
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(9, 3.4), dpi=100)
     for name, h in histories.items():
         h = h if isinstance(h, dict) else h.to_dict()
         ax1.plot(h["examples_seen"], h["train_loss"], label=f"{name} (train, running)")
@@ -229,13 +217,11 @@ def plot_training_curves(histories: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("two adapters trained on one frozen base")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_latency(latency: dict, path: Path, note: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = new_figure(figsize=(6, 3.5), dpi=100)
     batches = list(latency)
     variants = list(latency[batches[0]])
     width = 0.8 / len(variants)
@@ -254,8 +240,7 @@ def plot_latency(latency: dict, path: Path, note: str) -> None:
     ax.set_title(f"latency, rough timing ({note})", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- main

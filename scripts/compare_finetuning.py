@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gpt.checkpoint import atomic_write, save_figure  # noqa: E402
+from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
 from gpt.device import add_device_argument, pick_device  # noqa: E402
 
 
@@ -203,12 +203,7 @@ def floor_record(rows: dict, all_runs: dict, meta: dict) -> dict | None:
 
 def plot_curves(curves: dict, path: Path) -> None:
     """Validation accuracy and running training loss against examples seen, one line per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11.5, 3.8), dpi=100)
+    fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(11.5, 3.8), dpi=100)
     for name, h in curves.items():
         ax_loss.plot(h["examples_seen"], h["train_loss"], label=name)
         ax_acc.plot(h["examples_seen"], [100 * a for a in h["val_accuracy"]], label=name)
