@@ -43,16 +43,10 @@ def add_classification_head(model: nn.Module, num_classes: int = 2) -> nn.Linear
     return inner.out_head
 
 
-def class_logits(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """Class scores from each row's last real token.
-
-    input_ids: (b, T) token ids, right-padded; lengths: (b,) number of real tokens per row
-    (None: every row is full length). Returns (b, C) logits.
-    The full model is called (not just its head) so that a DistributedDataParallel wrapper sees
-    the forward pass and synchronises gradients.
-    """
-    logits = model(input_ids)  # (b, T, C)
-    b, T = input_ids.shape
+def last_token_logits(logits: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Pick each row's output at its last real token. logits: (b, T, C); lengths: (b,) real tokens per row
+    (None: every row is full length). Returns (b, C)."""
+    b, T, _ = logits.shape
     if lengths is None:
         return logits[:, -1, :]
     lengths = lengths.to(logits.device)
@@ -61,6 +55,17 @@ def class_logits(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tenso
     if bool((lengths < 1).any()) or bool((lengths > T).any()):
         raise ValueError(f"lengths must be in [1, {T}], got {lengths.tolist()}")
     return logits[torch.arange(b, device=logits.device), lengths - 1]  # (b, C)
+
+
+def class_logits(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Class scores from each row's last real token.
+
+    input_ids: (b, T) token ids, right-padded; lengths: (b,) number of real tokens per row
+    (None: every row is full length). Returns (b, C) logits.
+    The full model is called (not just its head) so that a DistributedDataParallel wrapper sees
+    the forward pass and synchronises gradients.
+    """
+    return last_token_logits(model(input_ids), lengths)  # model(...): (b, T, C)
 
 
 def set_trainable(model: nn.Module, method: str) -> nn.Module:
@@ -85,4 +90,4 @@ def set_trainable(model: nn.Module, method: str) -> nn.Module:
     return model
 
 
-__all__ = ["TRAINABLE_CHOICES", "add_classification_head", "class_logits", "set_trainable", "unwrap"]
+__all__ = ["TRAINABLE_CHOICES", "add_classification_head", "class_logits", "last_token_logits", "set_trainable", "unwrap"]

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from classify.model import class_logits
+from classify.model import last_token_logits
 from gpt.checkpoint import new_figure, save_figure
 from gpt.device import autocast
 
@@ -49,16 +49,30 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def batch_loss(model, batch, device, bf16: bool | None = None):
-    """One batch -> (mean cross-entropy loss (scalar tensor), number correct, batch size).
+def batch_loss(model, batch, device, bf16: bool | None = None, prefix_weight: float = 0.0):
+    """One batch -> (loss (scalar tensor), number correct, batch size).
 
     batch: (input_ids (b, T), lengths (b,), labels (b,)) from classify.dataset.collate_trim.
+    The loss is the mean cross-entropy at each message's last real token, the prediction the
+    classifier makes. prefix_weight > 0 adds that weight times the same loss at EVERY real token,
+    averaged over each message's tokens: with causal attention the output at token t is the
+    classification of the message cut after t, so this trains on all the prefixes of every message
+    at no extra forward cost. Why one might want that: in the SMS data spam is long and ham is often
+    short, and a classifier trained on whole messages only can learn "short means ham".
+    Accuracy is always counted at the last real token.
     """
     input_ids, lengths, labels = (t.to(device) for t in batch)
     with autocast(torch.device(device), bf16):
-        logits = class_logits(model, input_ids, lengths)  # (b, C)
-    logits = logits.float()  # the loss in float32 even under bf16 autocast
+        logits_all = model(input_ids)  # (b, T, C); the whole model is called, so DDP sees the forward pass
+    logits_all = logits_all.float()  # the loss in float32 even under bf16 autocast
+    logits = last_token_logits(logits_all, lengths)  # (b, C)
     loss = F.cross_entropy(logits, labels)
+    if prefix_weight:
+        b, T, C = logits_all.shape
+        per_token = F.cross_entropy(logits_all.reshape(b * T, C), labels.repeat_interleave(T),
+                                    reduction="none").view(b, T)  # (b, T)
+        real = torch.arange(T, device=per_token.device)[None, :] < lengths[:, None]  # (b, T): not padding
+        loss = loss + prefix_weight * ((per_token * real).sum(1) / lengths).mean()
     correct = int((logits.argmax(dim=-1) == labels).sum())
     return loss, correct, labels.numel()
 
@@ -127,7 +141,7 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
                      eval_every: int = 50, eval_batches: int | None = None, seed: int | None = None,
                      grad_clip: float | None = None, lr_schedule: Callable[[int], float] | None = None,
                      max_steps: int | None = None, bf16: bool | None = None, progress: bool = True,
-                     grad_accum: int = 1,
+                     grad_accum: int = 1, prefix_weight: float = 0.0,
                      log: Callable[[str], None] | None = tqdm.write) -> ClassifierHistory:
     """Fine-tune `model` (only its parameters with requires_grad) in place; returns the history.
 
@@ -143,6 +157,7 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
     to float rounding (tests/test_classify_train.py), at the activation memory of a micro-batch: a
     small machine can use the batch size a result needs. Steps, eval_every and max_steps still
     count optimizer steps (= loader batches).
+    prefix_weight: also train on every prefix of each message (see batch_loss); 0 = the book's loss.
     Raises FloatingPointError when the loss stops being finite.
     """
     import contextlib
@@ -152,6 +167,8 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
         raise ValueError(f"epochs must be positive, got {epochs}")
     if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
         raise ValueError(f"grad_accum must be a positive integer (micro-batches per batch), got {grad_accum!r}")
+    if not prefix_weight >= 0:
+        raise ValueError(f"prefix_weight must be >= 0, got {prefix_weight}")
     if seed is not None:
         torch.manual_seed(seed)
     history = ClassifierHistory()
@@ -203,7 +220,7 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
                 last = j == len(micro) - 1
                 sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
                 with sync:
-                    loss, correct, b = batch_loss(model, micro_batch, device, bf16)
+                    loss, correct, b = batch_loss(model, micro_batch, device, bf16, prefix_weight)
                     value = loss.item()
                     if not math.isfinite(value):
                         raise FloatingPointError(

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"],
                    help="learning rate: linear warm-up then cosine decay to 0, or constant (the book)")
     p.add_argument("--warmup-steps", type=int, default=20, help="warm-up steps for --schedule cosine")
+    p.add_argument("--prefix-weight", type=float, default=0.0,
+                   help="also train on every prefix of each message, with this weight (0: only whole messages, "
+                        "the book's loss; see classify/train.py batch_loss)")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: no clipping, the book)")
     p.add_argument("--epochs", type=int, default=3, help="passes over the 1,045 training messages")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
@@ -249,7 +252,8 @@ def finetune(args, log=print) -> dict:
     history = train_classifier(model, train_loader, val_loader, optimizer, args.epochs, device,
                                eval_every=args.eval_every, seed=args.seed, grad_clip=args.grad_clip,
                                lr_schedule=schedule, max_steps=args.max_steps, bf16=True if args.bf16 else None,
-                               progress=not args.no_progress, grad_accum=args.grad_accum)
+                               progress=not args.no_progress, grad_accum=args.grad_accum,
+                               prefix_weight=args.prefix_weight)
     train_seconds = time.perf_counter() - t_train
     bf16 = True if args.bf16 else None
     final = {
@@ -276,6 +280,7 @@ def finetune(args, log=print) -> dict:
         "attention": args.attention,
         "lora": lora_cfg.to_dict() if lora_cfg else None,
         "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+        "prefix_weight": args.prefix_weight,
         "seed": args.seed,
         "schedule": args.schedule, "warmup_steps": args.warmup_steps, "drop_rate": args.drop_rate,
         "steps": history.step[-1],

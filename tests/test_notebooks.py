@@ -6,11 +6,17 @@ gives less control over the kernel's environment. With nbclient we execute each 
 quick mode (LORA_QUICK=1: fewer steps, smaller models), with figures and files redirected to a
 temporary folder so the committed figures are never overwritten, and we check the committed
 files separately: executed, no error cells, from a full run, small.
+
+Devices (issue 7): every notebook's first code cell picks DEVICE with gpt.device.pick_device from
+the environment variable LORA_DEVICE ("auto": CUDA, then Apple MPS, then CPU). The quick-mode runs
+here set LORA_DEVICE=cpu, so CI says which device it tests instead of inheriting whatever the
+machine has.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -19,6 +25,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 MAX_NOTEBOOK_BYTES = 500_000
+# The lines of the first code cell that pick the device (see the module docstring).
+PICK_DEVICE = re.compile(r'^from gpt\.device import pick_device\n'
+                         r'DEVICE = pick_device\(os\.environ\.get\("LORA_DEVICE", "auto"\)\)', re.MULTILINE)
+# A device written into a compute call (`evaluate(model, loader, "cpu")`, `torch.device("cpu")`) ignores DEVICE.
+HARD_CODED_CPU = re.compile(r'torch\.device\(\s*"cpu"\s*\)|[(,]\s*(device\s*=\s*)?"cpu"\s*[,)]')
 
 
 def test_chapters_are_numbered_in_order():
@@ -38,6 +49,15 @@ def test_committed_notebook_is_clean(path):
             assert out.output_type != "error", f"{path.name}: code cell {i} has an error output: {out.get('ename')}"
     first_output = "".join(o.get("text", "") for o in code_cells[0].outputs)
     assert "full run" in first_output, f"{path.name}: committed outputs must come from a full run (not LORA_QUICK=1)"
+    # Sources only: the committed outputs may predate the device line until the notebooks are re-executed.
+    first_source = code_cells[0].source
+    assert PICK_DEVICE.search(first_source), \
+        f"{path.name}: the first code cell must set DEVICE = pick_device(os.environ.get(\"LORA_DEVICE\", \"auto\"))"
+    assert first_source.index("DEVICE = pick_device") < first_source.index("%matplotlib"), \
+        f"{path.name}: pick DEVICE in the setup lines at the top of the first cell"
+    for i, cell in enumerate(code_cells):
+        hard = HARD_CODED_CPU.search(cell.source)
+        assert hard is None, f"{path.name}: code cell {i} hard-codes the CPU ({hard.group(0)!r}); use DEVICE"
     assert nb.cells[-1].cell_type == "markdown" or any("## Exercises" in c.source for c in nb.cells), \
         f"{path.name}: every chapter ends with exercises"
     assert any(c.cell_type == "markdown" and "Exercises" in c.source for c in nb.cells), f"{path.name}: no Exercises section"
@@ -51,11 +71,36 @@ def test_notebook_runs_in_quick_mode(path, tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_FIGURES_DIR", str(tmp_path / "figures"))
     monkeypatch.setenv("LORA_OUT_DIR", str(tmp_path / "out"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("LORA_DEVICE", "cpu")  # explicit: CI runs on the CPU, whatever the machine has
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError, with the failing cell and traceback, on any error
     first_output = "".join(o.get("text", "") for o in nb.cells[[c.cell_type for c in nb.cells].index("code")].outputs)
     assert "quick mode" in first_output
+    assert "device: cpu" in first_output.splitlines(), first_output
+
+
+def test_unknown_device_stops_the_first_cell(tmp_path, monkeypatch):
+    """LORA_DEVICE=nonsense fails at once, in the setup cell, with pick_device's message (not later, deep
+    inside a training loop). Only the first cell runs; every notebook has the same lines (checked above)."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("LORA_QUICK", "1")
+    monkeypatch.setenv("LORA_FIGURES_DIR", str(tmp_path / "figures"))
+    monkeypatch.setenv("LORA_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("LORA_DEVICE", "nonsense")
+    path = NOTEBOOKS[1]  # any chapter; chapter 2's first cell imports the least
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [next(c for c in nb.cells if c.cell_type == "code")]
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    with pytest.raises(CellExecutionError) as failure:
+        client.execute()
+    assert failure.value.ename == "ValueError"
+    assert "unknown device 'nonsense'; use auto, cpu, cuda, cuda:N or mps" in failure.value.evalue
+    printed = "".join(o.get("text", "") for o in nb.cells[0].outputs if o.output_type == "stream")
+    assert "quick mode" in printed and "device:" not in printed  # it stopped at pick_device
 
 
 def test_no_notebook_is_missing():
