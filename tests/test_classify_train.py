@@ -9,8 +9,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from classify.data import Example
 from classify.dataset import ClassificationDataset, make_loader
-from classify.model import add_classification_head, set_trainable
-from classify.train import ClassifierHistory, evaluate, plot_history, split_batch, train_classifier
+from classify.model import add_classification_head, class_logits, set_trainable
+from classify.train import ClassifierHistory, batch_loss, evaluate, plot_history, split_batch, train_classifier
 from gpt import GPTConfig, GPTModel
 
 @pytest.fixture(autouse=True, scope="module")
@@ -185,3 +185,38 @@ def test_grad_accum_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match="grad_accum"):
         train_classifier(model, make_loader(ds, 8), make_loader(ds, 8), opt, 1, "cpu", progress=False, log=None,
                          grad_accum=bad)
+
+
+# ----------------------------------------------------------------------------- prefix loss
+
+def test_prefix_loss_is_the_loss_of_every_cut_message_read_at_its_end():
+    """prefix_weight w adds w x (mean over messages of the mean over their real tokens t of the cross-entropy of the
+    message CUT after t, classified at its last token). Reference: each prefix run through the model on its own."""
+    import torch.nn.functional as F
+
+    model = make_model().eval()
+    ds = ClassificationDataset(toy_examples(6))
+    batch = next(iter(make_loader(ds, 6)))
+    ids, lengths, labels = batch
+    with torch.no_grad():
+        plain, correct, n = batch_loss(model, batch, "cpu")
+        mixed, correct_mixed, _ = batch_loss(model, batch, "cpu", prefix_weight=0.5)
+        whole = F.cross_entropy(class_logits(model, ids, lengths), labels)
+        per_message = []
+        for row, length, label in zip(ids, lengths, labels):
+            cut = [F.cross_entropy(class_logits(model, row[None, :t]), label[None]) for t in range(1, int(length) + 1)]
+            per_message.append(torch.stack(cut).mean())
+        prefixes = torch.stack(per_message).mean()
+    torch.testing.assert_close(plain, whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mixed, whole + 0.5 * prefixes, rtol=1e-5, atol=1e-6)
+    assert (correct, n) == (correct_mixed, 6)  # accuracy is still read at the last real token
+    assert abs(prefixes - whole) > 0.01  # the prefixes' term is its own number (0.77 vs 0.80 here), not a copy
+
+
+def test_prefix_weight_must_not_be_negative():
+    model = make_model()
+    ds = ClassificationDataset(toy_examples(8))
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match="prefix_weight must be >= 0"):
+        train_classifier(model, make_loader(ds, 8), make_loader(ds, 8), opt, 1, "cpu", progress=False, log=None,
+                         prefix_weight=-1.0)

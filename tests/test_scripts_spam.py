@@ -100,6 +100,15 @@ def test_quick_run_with_gradient_accumulation_takes_the_same_steps(lora_run, tmp
     assert accum["val_loss"] == pytest.approx(first["val_loss"], rel=1e-4)
 
 
+def test_quick_run_with_prefix_loss_records_it_and_trains_on_more(lora_run, tmp_path):
+    _, first = lora_run
+    prefix = finetune_spam.main(["--quick", "--prefix-weight", "1", "--out", str(tmp_path), "--no-progress"])
+    assert prefix["prefix_weight"] == 1.0 and first["prefix_weight"] == 0.0
+    assert prefix["history"]["step"] == first["history"]["step"]
+    # the training loss now adds the prefixes' term: a different number from the first step on
+    assert prefix["history"]["train_loss"][0] != pytest.approx(first["history"]["train_loss"][0], rel=1e-3)
+
+
 @pytest.mark.parametrize("bad", ["0", "9"])
 def test_grad_accum_out_of_range_is_refused(bad, capsys):
     with pytest.raises(SystemExit):
