@@ -68,6 +68,25 @@ def class_logits(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tenso
     return last_token_logits(model(input_ids), lengths)  # model(...): (b, T, C)
 
 
+@torch.no_grad()
+def predict_texts(model: nn.Module, texts: list[str], max_length: int) -> list[tuple[torch.Tensor, bool, int]]:
+    """Classify raw texts one at a time on the model's device: for each, (class probabilities (C,) on
+    the CPU, truncated?, tokens used). Texts longer than max_length keep their first max_length
+    tokens (as in training); the caller says so. Dropout is off while this runs."""
+    from classify.dataset import encode_for_classification
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for text in texts:
+        ids, truncated = encode_for_classification(text, max_length)
+        logits = class_logits(model, torch.tensor([ids], device=device), torch.tensor([len(ids)], device=device))
+        out.append((torch.softmax(logits[0].float(), dim=-1).cpu(), truncated, len(ids)))  # (C,)
+    model.train(was_training)
+    return out
+
+
 def set_trainable(model: nn.Module, method: str) -> nn.Module:
     """Freeze all parameters, then unfreeze what `method` trains:
 
@@ -90,4 +109,5 @@ def set_trainable(model: nn.Module, method: str) -> nn.Module:
     return model
 
 
-__all__ = ["TRAINABLE_CHOICES", "add_classification_head", "class_logits", "last_token_logits", "set_trainable", "unwrap"]
+__all__ = ["TRAINABLE_CHOICES", "add_classification_head", "class_logits", "last_token_logits", "predict_texts", "set_trainable",
+           "unwrap"]

@@ -27,8 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from classify.base import load_base  # noqa: E402
-from classify.dataset import encode_for_classification  # noqa: E402
-from classify.model import add_classification_head, class_logits  # noqa: E402
+from classify.model import add_classification_head, predict_texts  # noqa: E402
 from gpt.device import add_device_argument, pick_device  # noqa: E402
 
 CLASSIFIER_FILE = "classifier.json"
@@ -72,17 +71,14 @@ def load_classifier(folder: str | Path, base: str | None = None, device="cpu"):
     return model.to(device).eval(), info
 
 
-@torch.no_grad()
-def classify_texts(model, info: dict, texts: list[str], device="cpu") -> list[dict]:
-    """[{label, p, truncated, tokens}] for each text: softmax over the classes at the last token."""
+def classify_texts(model, info: dict, texts: list[str]) -> list[dict]:
+    """[{label, p, truncated, tokens}] for each text: softmax over the classes at the last token,
+    computed on the model's device."""
     limit = min(int(info["max_length"]), model.cfg.context_length)
     results = []
-    for text in texts:
-        ids, truncated = encode_for_classification(text, limit)
-        logits = class_logits(model, torch.tensor([ids], device=device), torch.tensor([len(ids)], device=device))
-        probs = torch.softmax(logits[0].float(), dim=-1)  # (C,)
+    for probs, truncated, n_tokens in predict_texts(model, texts, limit):
         k = int(probs.argmax())
-        results.append({"label": info["labels"][k], "p": float(probs[k]), "truncated": truncated, "tokens": len(ids)})
+        results.append({"label": info["labels"][k], "p": float(probs[k]), "truncated": truncated, "tokens": n_tokens})
     return results
 
 
@@ -115,7 +111,7 @@ def main(argv=None) -> list[dict]:
         if not t.strip():
             raise ValueError(f"text {i + 1} is empty: there is nothing to classify")
     model, info = load_classifier(args.adapter, args.base, device)
-    results = classify_texts(model, info, texts, device)
+    results = classify_texts(model, info, texts)
     for r, t in zip(results, texts):
         print(format_result(r, t))
     return results

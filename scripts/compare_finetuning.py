@@ -16,6 +16,11 @@ Rows (all with a new 2-class head, read at the last real token, and finetune_spa
   lora-random-base  lora-separate on a randomly initialised base of the same shape: what pre-training buys
   scale-alpha/r     the book's recipe r=16, alpha=16, constant lr 8e-4, update scaled by alpha/r = 1
   scale-alpha       the same with the book's first printing: alpha * x A B, 16x larger update
+  lora-prefix       lora-separate, also trained on every prefix of each message (--prefix-weight 1): does
+                    "short means ham" go away?
+
+The table also gives each row's p(spam) for issue 4's example "You won a free cruise, call now"
+(finetune_spam.py classifies its --probe texts at the end of every run), mean over the seeds.
 
 Each run is a separate process (scripts/finetune_spam.py --result-json) so that its peak memory
 (ru_maxrss) is its own; --in-process (implied by --quick) runs them in this process instead,
@@ -68,7 +73,9 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "lora-random-base": (["--method", "lora", "--model", "RANDOM"], "lora-separate on a random base"),
     "scale-alpha/r": (["--method", "lora", *BOOK_RECIPE, "--scaling", "alpha/r"], "book recipe (constant lr), alpha/r: scale 1"),
     "scale-alpha": (["--method", "lora", *BOOK_RECIPE, "--scaling", "alpha"], "book recipe (constant lr), 1st printing alpha: scale 16"),
+    "lora-prefix": (["--method", "lora", "--prefix-weight", "1"], "lora-separate + loss on every prefix (weight 1)"),
 }
+PROBE = finetune_spam.PROBES[0]  # "You won a free cruise, call now"
 ACC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
 
 
@@ -119,6 +126,8 @@ def summarise(runs: list[dict]) -> dict:
         out[key] = statistics.mean(values)
         out[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         out[key + "_all"] = values
+    if all(PROBE in r.get("probes_p_spam", {}) for r in runs):
+        out["probe_p_spam"] = statistics.mean(r["probes_p_spam"][PROBE] for r in runs)
     out["finetune_seconds"] = statistics.mean(r["finetune_seconds"] for r in runs)
     out["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
     if "cuda_max_allocated_mib" in runs[0]:
@@ -133,14 +142,16 @@ def pct(mean: float, std: float, n: int) -> str:
 def markdown_table(rows: dict, meta: dict) -> str:
     same_as = meta.get("same_as", {})
     gpu = any("cuda_max_allocated_mib" in s for s in rows.values())
-    head = ["row", "what", "trainable params", "train acc %", "val acc %", "test acc %", "fine-tune time (s)",
-            "peak RSS (MiB)"] + (["peak CUDA (MiB)"] if gpu else [])
+    probe = all("probe_p_spam" in s for s in rows.values())  # absent from results made before the probes existed
+    head = ["row", "what", "trainable params", "train acc %", "val acc %", "test acc %"] \
+        + ([f"p(spam) \"{PROBE}\""] if probe else []) + ["fine-tune time (s)", "peak RSS (MiB)"] \
+        + (["peak CUDA (MiB)"] if gpu else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in rows.items():
         n = len(s["seeds"])
         what = ROWS[name][1] + (f" (= {same_as[name]}: same settings, same runs)" if name in same_as else "")
         cells = [name, what, f"{s['trainable_params']:,}", *(pct(s[k], s[k + '_std'], n) for k in ACC_KEYS),
-                 f"{s['finetune_seconds']:.0f}", f"{s['peak_rss_mib']:.0f}"]
+                 *([f"{s['probe_p_spam']:.2f}"] if probe else []), f"{s['finetune_seconds']:.0f}", f"{s['peak_rss_mib']:.0f}"]
         if gpu:
             cells.append(f"{s.get('cuda_max_allocated_mib', float('nan')):.0f}")
         lines.append("| " + " | ".join(cells) + " |")

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from classify.base import DEFAULT_BASE, describe_base, load_base  # noqa: E402
 from classify.data import SMS_SPAM_FILE, spam_splits  # noqa: E402
 from classify.dataset import ClassificationDataset, make_loader  # noqa: E402
-from classify.model import add_classification_head, set_trainable  # noqa: E402
+from classify.model import add_classification_head, predict_texts, set_trainable  # noqa: E402
 from classify.train import evaluate, plot_history, train_classifier  # noqa: E402
 from gpt.checkpoint import atomic_write  # noqa: E402
 from gpt.device import add_device_argument, pick_device  # noqa: E402
@@ -63,6 +63,11 @@ from lora.config import SCALINGS  # noqa: E402
 
 METHODS = ("lora", "full", "last-block", "head")
 LABELS = ["ham", "spam"]  # class index -> name (classify/data.py: SMS_SPAM_LABELS)
+# Classified at the end of every run, their p(spam) recorded: issue 4's example (short, lower case: it
+# reads like ham to a model that learned the surface of the 2011 spam) and two messages in the data set's style.
+PROBES = ["You won a free cruise, call now",
+          "Congratulations! You have won a free cruise. Call now to claim your prize",
+          "Are we still on for lunch tomorrow?"]
 CLASSIFIER_FILE = "classifier.json"  # how to rebuild the classifier (read by scripts/classify.py)
 WEIGHTS_FILE = "classifier.safetensors"  # trained weights for the non-LoRA methods
 FORMAT = "lora-from-scratch/spam-classifier"
@@ -114,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="output folder (default: runs/spam-<method>)")
     p.add_argument("--result-json", default=None, help="also write the result summary here (compare_finetuning.py uses it)")
+    p.add_argument("--probe", nargs="*", default=PROBES, metavar="TEXT",
+                   help="texts to classify at the end; their p(spam) is printed and recorded (none: --probe with no text)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
     return p
@@ -270,6 +277,11 @@ def finetune(args, log=print) -> dict:
     model = unwrap(model)  # saved names without DDP's "module." prefix
     if not is_main_process():
         return {"test_accuracy": final["test"]["accuracy"]}  # rank 0 has the same numbers and writes the files
+    probes = {}
+    if args.probe:
+        for text, (probs, truncated, _) in zip(args.probe, predict_texts(model, args.probe, train_set.max_length)):
+            probes[text] = float(probs[LABELS.index("spam")])
+            log(f"p(spam) {probes[text]:.3f}{' (truncated)' if truncated else ''}: {text}")
     out = Path(args.out)
     model.eval()
     files = save_classifier(model.cpu(), args, lora_cfg, train_set.max_length, out)
@@ -292,6 +304,7 @@ def finetune(args, log=print) -> dict:
         "train_loss": final["train"]["loss"], "val_loss": final["val"]["loss"], "test_loss": final["test"]["loss"],
         "truncated": {"train": train_set.num_truncated, "val": val_set.num_truncated, "test": test_set.num_truncated},
         "max_length": train_set.max_length,
+        "probes_p_spam": probes,
         "train_seconds": round(train_seconds, 2),
         "finetune_seconds": round(finetune_seconds, 2),
         "total_seconds": round(time.perf_counter() - t_start, 2),

@@ -190,7 +190,7 @@ def test_quick_comparison_writes_table_json_curves_and_floor(tmp_path):
     assert trainable == {"lora-separate": TINY_LORA_TRAINABLE, "lora-fused": TINY_LORA_TRAINABLE,
                          "full": TINY_FULL_TRAINABLE, "last-block": 12_608 + 64 + 66, "head": 66,
                          "lora-random-base": TINY_LORA_TRAINABLE, "scale-alpha/r": TINY_LORA_TRAINABLE,
-                         "scale-alpha": TINY_LORA_TRAINABLE}
+                         "scale-alpha": TINY_LORA_TRAINABLE, "lora-prefix": TINY_LORA_TRAINABLE}
     # Same settings, same numbers: that row reuses the lora-separate runs instead of repeating them.
     assert report["meta"]["same_as"] == {"scale-alpha/r": "lora-separate"}
     runs = report["runs"]
@@ -199,12 +199,18 @@ def test_quick_comparison_writes_table_json_curves_and_floor(tmp_path):
     assert runs["scale-alpha"][0]["lora"]["scaling"] == "alpha" and runs["scale-alpha/r"][0]["lora"]["scaling"] == "alpha/r"
     assert all(r["schedule"] == "constant" for rs in runs.values() for r in rs)
     assert runs["lora-fused"][0]["attention"] == "fused"
+    assert runs["lora-prefix"][0]["prefix_weight"] == 1.0 and runs["lora-separate"][0]["prefix_weight"] == 0.0
+    # every run classified the probes; the table shows the issue's example's mean p(spam) per row
+    for name, row in rows.items():
+        assert row["probe_p_spam"] == pytest.approx(
+            sum(r["probes_p_spam"][compare.PROBE] for r in runs[name]) / len(runs[name]))
     saved = json.loads((results / "spam_comparison.json").read_text())
     assert saved["rows"]["full"]["test_accuracy"] == rows["full"]["test_accuracy"]
     assert set(saved["curves"]) == set(compare.ROWS) - {"scale-alpha/r"}
     table = (results / "spam_comparison.md").read_text()
     assert table.count("\n| ") == 1 + len(compare.ROWS)  # header + one line per row
     assert "| head | head only | 66 |" in table
+    assert f'p(spam) "{compare.PROBE}"' in table.splitlines()[4]  # the header row (after the title and command)
     floor = json.loads((results / "spam_floor.json").read_text())
     assert floor["base_sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
     assert floor["lora_test_accuracy_mean"] == rows["lora-separate"]["test_accuracy"]
