@@ -32,15 +32,6 @@ from gpt.device import DEVICE_HELP, autocast, pick_device, synchronize, use_bf16
 NO_GPU = not torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread (and the test machine is shared); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @functools.cache
 def _script(name: str):
     """scripts/<name>.py loaded by path (scripts/classify.py would shadow the classify package on sys.path),

@@ -49,7 +49,8 @@ def test_committed_notebook_is_clean(path):
             assert out.output_type != "error", f"{path.name}: code cell {i} has an error output: {out.get('ename')}"
     first_output = "".join(o.get("text", "") for o in code_cells[0].outputs)
     assert "full run" in first_output, f"{path.name}: committed outputs must come from a full run (not LORA_QUICK=1)"
-    # Sources only: the committed outputs may predate the device line until the notebooks are re-executed.
+    assert any(line.startswith("device: ") for line in first_output.splitlines()), \
+        f"{path.name}: the committed first cell must print the device it ran on"
     first_source = code_cells[0].source
     assert PICK_DEVICE.search(first_source), \
         f"{path.name}: the first code cell must set DEVICE = pick_device(os.environ.get(\"LORA_DEVICE\", \"auto\"))"
