@@ -93,8 +93,8 @@ def headline_rows(out_dir: Path) -> list[list[str]]:
         for name, c in r["results"]["cases"].items():
             if name.startswith("training step") and "LoRA" in name:
                 u = c["utilisation"]
-                rows.append([f"{name} utilisation ({r['results']['shape']})", ">= 80 %", f"{100 * u:.0f} %",
-                             _verdict(u >= 0.8, f"missed by {100 * (0.8 - u):.0f} points")])
+                rows.append([f"{name} utilisation ({r['results']['shape']})", ">= 80 %", f"{100 * u:.1f} %",
+                             _verdict(u >= 0.8, f"missed by {100 * (0.8 - u):.1f} points")])
     return rows
 
 
