@@ -13,7 +13,9 @@ only rank 0 draws a progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -160,9 +162,6 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
     prefix_weight: also train on every prefix of each message (see batch_loss); 0 = the book's loss.
     Raises FloatingPointError when the loss stops being finite.
     """
-    import contextlib
-    import time
-
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
     if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:

@@ -10,3 +10,10 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(123)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Back to one thread after every test: a script under test may have set its own --threads."""
+    yield
+    torch.set_num_threads(1)

@@ -31,16 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PRETRAIN_SCRIPT = ROOT / "scripts" / "pretrain.py"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """gpt-tiny's matrices are too small to gain from a second thread, and on a busy 2-core
-    machine two threads make small ops many times slower (spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(seed: int = 0, **overrides) -> GPTModel:
     torch.manual_seed(seed)
     return GPTModel(GPTConfig.from_preset("gpt-tiny", **overrides))

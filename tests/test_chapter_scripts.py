@@ -9,39 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _script(name):
-    """Load scripts/<name>.py by path (scripts/ is not put on sys.path: its classify.py would shadow
-    the classify package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread (and the test machine is shared); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _is_png(path) -> bool:
     return Path(path).read_bytes()[:8] == PNG_MAGIC
 
 
-ch01 = _script("ch01_tokens")
-ch02 = _script("ch02_attention")
-ch03 = _script("ch03_gpt_model")
-ch06 = _script("ch06_lora_layers")
+ch01 = load_script("ch01_tokens")
+ch02 = load_script("ch02_attention")
+ch03 = load_script("ch03_gpt_model")
+ch06 = load_script("ch06_lora_layers")
 
 
 # ----------------------------------------------------------------------------- chapter 1
@@ -205,7 +185,7 @@ def test_pretrain_init_continues_from_a_shipped_checkpoint_and_records_its_histo
     tokens and keeps the first run's command and checksum."""
     import hashlib
 
-    pretrain = _script("pretrain")
+    pretrain = load_script("pretrain")
     first = pretrain.main(["--quick", "--out", str(tmp_path / "run1"), "--ship", str(tmp_path / "ship1")])
     second = pretrain.main(["--quick", "--init", str(tmp_path / "ship1"), "--out", str(tmp_path / "run2"),
                             "--ship", str(tmp_path / "ship2")])

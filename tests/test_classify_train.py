@@ -13,16 +13,6 @@ from classify.model import add_classification_head, class_logits, set_trainable
 from classify.train import ClassifierHistory, batch_loss, evaluate, plot_history, split_batch, train_classifier
 from gpt import GPTConfig, GPTModel
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine two OpenMP threads
-    per process wait on each other (several times slower); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # A toy task the tiny model learns in a few steps: does the message contain "free"?
 WORDS = ["call", "me", "later", "ok", "see", "you", "at", "home", "lunch", "now", "tomorrow", "please"]
 

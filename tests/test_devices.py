@@ -13,9 +13,7 @@ Parsers are checked by parsing, not by running: the whole module takes a few sec
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -27,20 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts next to the packages
     sys.path.insert(0, str(ROOT))
 
+from _scripts import load_script  # noqa: E402
 from gpt.device import DEVICE_HELP, autocast, pick_device, synchronize, use_bf16  # noqa: E402
 
 NO_GPU = not torch.cuda.is_available()
-
-
-@functools.cache
-def _script(name: str):
-    """scripts/<name>.py loaded by path (scripts/classify.py would shadow the classify package on sys.path),
-    registered in sys.modules while it runs (dataclasses look their module up there)."""
-    spec = importlib.util.spec_from_file_location(f"devices_script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _command_lines() -> list[tuple[str, str]]:
@@ -52,7 +40,7 @@ def _command_lines() -> list[tuple[str, str]]:
 
 
 def _load(folder: str, name: str):
-    return _script(name) if folder == "scripts" else importlib.import_module(f"benchmarks.{name}")
+    return load_script(name) if folder == "scripts" else importlib.import_module(f"benchmarks.{name}")
 
 
 def _expected_default(folder: str, name: str) -> str | None:
@@ -188,7 +176,7 @@ WRONG_DEVICE = [  # (script, extra arguments): each must refuse --device cuda be
 def test_chapter_script_refuses_a_missing_gpu(name, extra, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available on this machine"):
-        _script(name).main([*extra, "--device", "cuda", "--out", str(out)])
+        load_script(name).main([*extra, "--device", "cuda", "--out", str(out)])
     assert not out.exists()  # refused before any file was written
 
 
@@ -197,9 +185,9 @@ def test_other_command_lines_refuse_a_missing_gpu(tmp_path):
     from benchmarks import bench_mfu, run_all
 
     with pytest.raises(ValueError, match="CUDA is not available"):
-        _script("classify").main(["--device", "cuda", "--adapter", str(tmp_path / "none"), "hello"])
+        load_script("classify").main(["--device", "cuda", "--adapter", str(tmp_path / "none"), "hello"])
     with pytest.raises(ValueError, match="CUDA is not available"):
-        _script("compare_finetuning").main(["--quick", "--device", "cuda", "--results", str(tmp_path / "r"),
+        load_script("compare_finetuning").main(["--quick", "--device", "cuda", "--results", str(tmp_path / "r"),
                                             "--runs", str(tmp_path / "runs")])
     with pytest.raises(ValueError, match="CUDA is not available"):
         bench_mfu.main(["--quick", "--device", "cuda", "--out-dir", str(tmp_path / "b")])
@@ -213,7 +201,7 @@ def test_other_command_lines_refuse_a_missing_gpu(tmp_path):
 def test_device_cpu_writes_the_numbers_the_default_writes(tmp_path):
     """ch02 --quick: attention weights, token ids and the fused-vs-separate difference. Where auto is
     the CPU they must be identical; on a GPU machine the default runs on the GPU: equal to float32 rounding."""
-    ch02 = _script("ch02_attention")
+    ch02 = load_script("ch02_attention")
     runs = {}
     for name, flags in (("default", []), ("cpu", ["--device", "cpu"])):
         ch02.main(["--quick", "--repeats", "1", *flags, "--out", str(tmp_path / name)])

@@ -38,15 +38,6 @@ PRETRAIN_SCRIPT = ROOT / "scripts" / "pretrain.py"
 RTOL_LOSS, ATOL_WEIGHTS = 1e-5, 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """gpt-tiny's matrices are too small to gain from a second thread, and on a busy 2-core
-    machine two threads make small ops many times slower (spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
 

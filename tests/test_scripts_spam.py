@@ -8,42 +8,20 @@ import io
 import json
 import re
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
 from classify.base import describe_base  # noqa: E402
 from classify.data import spam_splits  # noqa: E402
 from gpt import GPTConfig, GPTModel  # noqa: E402
 from gpt.checkpoint import save_model  # noqa: E402
 
 
-def _script(name):
-    """Load scripts/<name>.py by path (scripts/ is not put on sys.path: its classify.py would shadow
-    the classify package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine two OpenMP threads
-    per process wait on each other (several times slower); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-finetune_spam = _script("finetune_spam")
-classify_script = _script("classify")
-compare = _script("compare_finetuning")
+finetune_spam = load_script("finetune_spam")
+classify_script = load_script("classify")
+compare = load_script("compare_finetuning")
 
 # gpt-tiny + LoRA r=16 on all linear layers: per block 4 x 16 x (32 + 32) for W_query, W_key, W_value,
 # out_proj and 2 x 16 x (32 + 128) for the feed-forward pair = 9,216; two blocks; plus the 2-class head 66.

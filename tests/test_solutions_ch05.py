@@ -2,15 +2,13 @@
 (scripts/ch05_low_rank.py) in quick mode."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
 from solutions import ch05
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_exercise_5_1_ranks():
@@ -64,18 +62,9 @@ def test_svd_init_refuses_a_rank_larger_than_the_matrix():
 
 # ----------------------------------------------------------------------------- the chapter script
 
-def _script():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import ch05_low_rank
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-    return ch05_low_rank
-
-
 def test_energy_and_rank_r_error_agree():
     """Eckart-Young: relative error of the best rank-m approximation^2 = 1 - energy(top m)."""
-    script = _script()
+    script = load_script("ch05_low_rank")
     torch.manual_seed(0)
     W = torch.randn(40, 30)
     S = torch.linalg.svdvals(W)
@@ -88,7 +77,7 @@ def test_energy_and_rank_r_error_agree():
 
 
 def test_script_quick_run_writes_figures_and_results(tmp_path):
-    script = _script()
+    script = load_script("ch05_low_rank")
     results = script.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
     for name in ("05_rank_r_error.png", "05_params_vs_rank.png", "05_scale_vs_rank.png",
                  "05_alpha_scaling_curves.png", "05_delta_w_singular_values.png", "results.json"):
@@ -106,6 +95,6 @@ def test_script_quick_run_writes_figures_and_results(tmp_path):
 
 
 def test_script_rejects_bad_arguments(tmp_path):
-    script = _script()
+    script = load_script("ch05_low_rank")
     with pytest.raises(SystemExit):
         script.main(["--epochs", "0", "--out", str(tmp_path)])

@@ -12,14 +12,6 @@ from gpt import GPTConfig, GPTModel
 from solutions import ch07
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_classifier():
     torch.manual_seed(123)

@@ -2,14 +2,12 @@
 (scripts/ch08_adapters.py) in quick mode."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from _scripts import load_script
 from solutions import ch08
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_exercise_8_1_one_file_is_the_whole_adapter(tmp_path):
@@ -57,17 +55,8 @@ def test_exercise_8_4_extra_arithmetic_of_an_unmerged_adapter():
     assert small["ratio"] == pytest.approx(0.00347222, rel=1e-5)
 
 
-def _script():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import ch08_adapters
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-    return ch08_adapters
-
-
 def test_script_quick_run_end_to_end(tmp_path):
-    script = _script()
+    script = load_script("ch08_adapters")
     results = script.main(["--quick", "--out", str(tmp_path), "--threads", "1", "--no-progress"], log=lambda s: None)
     for name in ("08_file_sizes.png", "08_training_curves.png", "08_latency.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 1_000, name
@@ -91,6 +80,6 @@ def test_script_quick_run_end_to_end(tmp_path):
 
 
 def test_script_rejects_a_missing_base(tmp_path):
-    script = _script()
+    script = load_script("ch08_adapters")
     with pytest.raises(FileNotFoundError, match="not found"):
         script.main(["--model", str(tmp_path / "nothing-here"), "--out", str(tmp_path)], log=lambda s: None)

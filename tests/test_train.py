@@ -21,16 +21,6 @@ VERDICT = Path(__file__).resolve().parent.parent / "data" / "pretrain" / "the-ve
 CONTEXT = 32  # shorter windows than gpt-tiny's 64: more of them, faster steps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """gpt-tiny's matrices are too small to gain from a second thread, and on a busy 2-core
-    machine two threads make small ops many times slower (spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def windows():
     text = VERDICT.read_text(encoding="utf-8")
