@@ -52,6 +52,8 @@ def build_corpus(corpus: str, sms_repeat: int, seed: int):
     novels = sorted(PRETRAIN_DIR.glob("pg*.txt")) + [PRETRAIN_DIR / "the-verdict.txt"]
     if corpus == "verdict":
         novels = [PRETRAIN_DIR / "the-verdict.txt"]
+    if corpus == "sms":
+        novels = []
     train, val = [], []
     for path in novels:
         text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
@@ -59,7 +61,7 @@ def build_corpus(corpus: str, sms_repeat: int, seed: int):
         train.append(text[:cut])
         val.append(text[cut:])
     described = [p.name for p in novels]
-    if corpus == "novels+sms":
+    if corpus in ("novels+sms", "sms"):
         sms = unlabelled_sms_for_pretraining()
         random.Random(seed).shuffle(sms)
         cut = int(0.9 * len(sms))
@@ -94,7 +96,7 @@ def main(argv=None):
     p.add_argument("--init", default=None,
                    help="continue pre-training from this checkpoint (a folder such as data/gpt-mini, or a .safetensors "
                         "file written by gpt.checkpoint.save_model) instead of random weights; --preset is then ignored")
-    p.add_argument("--corpus", default="novels+sms", choices=["novels+sms", "novels", "verdict"])
+    p.add_argument("--corpus", default="novels+sms", choices=["novels+sms", "novels", "sms", "verdict"])
     p.add_argument("--sms-repeat", type=int, default=4, help="how often the SMS training messages are repeated")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: one pass over the corpus)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -178,7 +180,7 @@ def _run(args, argv, device):
             "parameters": count_parameters(model),
             "corpus": described,
             "domain_adaptive_pretraining": "unlabelled SMS messages outside the spam validation/test split"
-            if args.corpus == "novels+sms" else None,
+            if args.corpus in ("novels+sms", "sms") else None,
             "window_tokens": window,
             "steps": max_steps,
             "tokens_seen": history.tokens[-1] + (init["tokens_seen"] if init else 0),

@@ -200,3 +200,40 @@ def test_pretrain_init_continues_from_a_shipped_checkpoint_and_records_its_histo
     with pytest.raises(FileNotFoundError, match="--init .*no checkpoint there"):
         pretrain.main(["--quick", "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "run3")])
     assert not (tmp_path / "run3").exists()
+
+
+def test_pretrain_sms_corpus_is_the_unlabelled_messages_outside_the_evaluation_split():
+    """--corpus sms (gpt-mini's second stage): the SMS messages outside the classifier's validation and test split,
+    90 % for training (repeated), 10 % held out; no novel, and no validation or test message anywhere."""
+    from classify.data import spam_splits, unlabelled_sms_for_pretraining
+
+    pretrain = load_script("pretrain")
+    train, val, described = pretrain.build_corpus("sms", sms_repeat=6, seed=123)
+    sms = unlabelled_sms_for_pretraining()
+    assert len(sms) == 5024 and len(val) == 503 and len(train) == 6 * 4521
+    assert sorted(set(train) | set(val)) == sorted(set(sms))
+    evaluation = {ex.text for ex in spam_splits()["val"] + spam_splits()["test"]}
+    assert not evaluation & (set(train) | set(val))
+    assert described == ["5024 SMS messages not in the spam val/test split (4521 train x6, 503 val)"]
+    novels_train, _, novels_described = pretrain.build_corpus("novels+sms", sms_repeat=4, seed=123)
+    assert len(novels_described) == 11 and len(novels_train) == 10 + 4 * 4521
+
+
+def test_shipped_gpt_mini_matches_its_manifest():
+    """data/gpt-mini: the file is the one the manifest names, its config and parameter count are the manifest's,
+    and the manifest gives both stages' commands in the order that remakes it."""
+    import hashlib
+
+    from gpt.checkpoint import load_model
+    from gpt.params import count_parameters
+
+    folder = Path(__file__).resolve().parent.parent / "data" / "gpt-mini"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    model = load_model(folder / "model.safetensors")
+    assert model.cfg.to_dict() == manifest["config"]
+    assert count_parameters(model) == manifest["parameters"] == 17_665_792
+    stage1, stage2 = manifest["remake"]
+    assert stage1 == manifest["continued_from"]["command"] and stage2 == manifest["command"]
+    assert "--ship data/gpt-mini" in stage1 and "--init data/gpt-mini --corpus sms" in stage2
+    assert manifest["tokens_seen"] == manifest["continued_from"]["tokens_seen"] + manifest["steps"] * 8 * 256
