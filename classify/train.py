@@ -59,8 +59,9 @@ def batch_loss(model, batch, device, bf16: bool | None = None, prefix_weight: fl
     classifier makes. prefix_weight > 0 adds that weight times the same loss at EVERY real token,
     averaged over each message's tokens: with causal attention the output at token t is the
     classification of the message cut after t, so this trains on all the prefixes of every message
-    at no extra forward cost. Why one might want that: in the SMS data spam is long and ham is often
-    short, and a classifier trained on whole messages only can learn "short means ham".
+    at no extra forward cost. Why: in the SMS data spam is long and ham is often short, and a classifier
+    trained on whole messages only learns "short means ham" (scripts/finetune_spam.py uses prefix_weight 1;
+    this function's default, 0, is the book's loss).
     Accuracy is always counted at the last real token.
     """
     input_ids, lengths, labels = (t.to(device) for t in batch)

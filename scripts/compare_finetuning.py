@@ -6,7 +6,8 @@
     python scripts/compare_finetuning.py --quick                    # tiny random model (tests)
 
 Rows (all with a new 2-class head, read at the last real token, and finetune_spam.py's recipe:
-3 epochs, batch 8, AdamW lr 8e-4 with cosine decay, LoRA r=16 alpha=16 on every linear layer):
+3 epochs, batch 8, AdamW lr 8e-4 with cosine decay, LoRA r=16 alpha=16 on every linear layer, the
+loss at the last token plus the loss at every prefix):
   lora-separate     LoRA on W_query/W_key/W_value (+ the other linear layers the recipe targets)
   lora-fused        the same LoRA on one fused qkv projection (per-slice A/B): the same trainable count and
                     the same function; only the random draw of the A matrices differs (one (d, 3r) draw)
@@ -16,8 +17,8 @@ Rows (all with a new 2-class head, read at the last real token, and finetune_spa
   lora-random-base  lora-separate on a randomly initialised base of the same shape: what pre-training buys
   scale-alpha/r     the book's recipe r=16, alpha=16, constant lr 8e-4, update scaled by alpha/r = 1
   scale-alpha       the same with the book's first printing: alpha * x A B, 16x larger update
-  lora-prefix       lora-separate, also trained on every prefix of each message (--prefix-weight 1): does
-                    "short means ham" go away?
+  lora-whole        lora-separate trained on whole messages only (--prefix-weight 0, the book's loss); the
+                    recipe also trains on every prefix of each message, against "short means ham"
 
 The table also gives each row's p(spam) for issue 4's example "You won a free cruise, call now"
 (finetune_spam.py classifies its --probe texts at the end of every run), mean over the seeds.
@@ -60,7 +61,8 @@ def _load_finetune_spam():
 finetune_spam = _load_finetune_spam()
 
 # The book's appendix E recipe: constant learning rate (our default decays it; see finetune_spam.py).
-BOOK_RECIPE = ["--rank", "16", "--alpha", "16", "--lr", "8e-4", "--schedule", "constant", "--targets", "all-linear"]
+BOOK_RECIPE = ["--rank", "16", "--alpha", "16", "--lr", "8e-4", "--schedule", "constant", "--targets", "all-linear",
+               "--prefix-weight", "0"]
 # name -> (extra finetune_spam.py flags, what the row shows)
 ROWS: dict[str, tuple[list[str], str]] = {
     "lora-separate": (["--method", "lora", "--attention", "separate"],
@@ -73,7 +75,7 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "lora-random-base": (["--method", "lora", "--model", "RANDOM"], "lora-separate on a random base"),
     "scale-alpha/r": (["--method", "lora", *BOOK_RECIPE, "--scaling", "alpha/r"], "book recipe (constant lr), alpha/r: scale 1"),
     "scale-alpha": (["--method", "lora", *BOOK_RECIPE, "--scaling", "alpha"], "book recipe (constant lr), 1st printing alpha: scale 16"),
-    "lora-prefix": (["--method", "lora", "--prefix-weight", "1"], "lora-separate + loss on every prefix (weight 1)"),
+    "lora-whole": (["--method", "lora", "--prefix-weight", "0"], "lora-separate, loss on whole messages only (the book's)"),
 }
 PROBE = finetune_spam.PROBES[0]  # "You won a free cruise, call now"
 ACC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
@@ -160,13 +162,18 @@ def markdown_table(rows: dict, meta: dict) -> str:
         f"seeds {meta['seeds']} (mean ± sample std over seeds); device {meta['device']}, {meta['threads']} threads.",
         "Accuracies on the book's balanced split (train 1,045 / validation 149 / test 300 messages). "
         "The recipe (3 epochs, cosine decay, LoRA on all linear layers, lr 1e-4 for full fine-tuning) was chosen "
-        "on the validation set only; the scale-* rows keep the book's constant learning rate.",
+        "on the validation set only; its loss at every prefix of each message (not chosen on validation) is there "
+        "against \"short means ham\" (lora-whole leaves it out); the scale-* rows keep the book's constant learning "
+        "rate and loss.",
         "Time: training + final evaluation of the three splits, in seconds"
         + (" (runs in this one process; peak RSS grows from row to row)." if meta["in_process"]
            else "; peak RSS is each run's own process (model load included).")
         + (f" {meta['jobs']} runs at a time, so the times include their contention." if meta.get("jobs", 1) > 1 else "")
         + (f" The machine is shared: its 1-minute load average at the end of each run was {meta['load_average']} (2 cores)." if meta.get("load_average") else ""),
     ]
+    if probe:
+        notes.append(f"p(spam) is the mean over the seeds for one message: an anecdote, not a score (a model can "
+                     f"call it spam and still be a poor classifier).")
     if "lora-separate" in rows and "full" in rows:
         gap = 100 * (rows["lora-separate"]["test_accuracy"] - rows["full"]["test_accuracy"])
         notes.append(f"LoRA (separate) test accuracy {100 * rows['lora-separate']['test_accuracy']:.2f} % vs full "

@@ -24,13 +24,23 @@ What happens, in order:
 The recipe is the book's appendix E (r=16, alpha=16, AdamW lr 8e-4, weight decay 0.1, batch 8,
 LoRA on every linear layer) with two changes chosen on the VALIDATION set only (never the test
 set): 3 epochs instead of 5 (to stay under 5 minutes on a 2-core CPU) and a cosine learning-rate
-decay after 20 warm-up steps instead of a constant rate (seeds 123 and 124, validation accuracy
-97.3 % / 97.3 % vs 95.3 % / 96.0 %, validation loss 0.108 / 0.091 vs 0.133 / 0.119). LoRA on
-query and value only reached 93.3 % (seed 123). `--schedule constant` gives the book's behaviour.
+decay after 20 warm-up steps instead of a constant rate (seeds 123 and 124 on the first shipped
+base, validation accuracy 97.3 % / 97.3 % vs 95.3 % / 96.0 %). LoRA on query and value only
+reached 93.3 % (seed 123). `--schedule constant` gives the book's behaviour.
 
-Measured with the defaults on the project's 2-core CPU, nearly idle (2 threads): 101 s wall in all,
-90 s of training; train 98.09 %, validation 97.32 %, test 96.00 % (seed 123). Seeds 123 / 124 / 125:
-test 96.00 / 96.00 / 97.00 % (results/spam_floor.json).
+And one change to the loss, NOT chosen on the validation set: besides the cross-entropy at each
+message's last token (the book's), the same loss at every token (--prefix-weight 1), i.e. on every
+beginning of every training message. Only 4 of the 517 training spam messages have 10 tokens or
+fewer (168 of the 528 ham do), and trained on whole messages the classifier learns "short means
+ham": it calls "You won a free cruise, call now" ham with p(spam) 0.00 (notebook 7.6). With the
+prefix loss, seeds 123 / 124 / 125 give it p(spam) 0.78 / 0.77 / 0.45. On validation the two losses
+are level within one message (95.97 % vs 96.42 %, mean of the three seeds), on test the prefix loss
+is ahead (97.11 % vs 96.44 %); --prefix-weight 0 gives the book's loss
+(results/spam_comparison.md, rows lora-separate and lora-whole).
+
+Measured with the defaults on the project's 2-core CPU, nearly idle (2 threads): 50 s wall in all,
+41 s of training; train 99.43 %, validation 96.64 %, test 97.00 % (seed 123). Seeds 123 / 124 / 125:
+test 97.00 / 97.00 / 97.33 % (results/spam_floor.json).
 """
 
 from __future__ import annotations
@@ -63,8 +73,8 @@ from lora.config import SCALINGS  # noqa: E402
 
 METHODS = ("lora", "full", "last-block", "head")
 LABELS = ["ham", "spam"]  # class index -> name (classify/data.py: SMS_SPAM_LABELS)
-# Classified at the end of every run, their p(spam) recorded: issue 4's example (short, lower case: it
-# reads like ham to a model that learned the surface of the 2011 spam) and two messages in the data set's style.
+# Classified at the end of every run, their p(spam) recorded: issue 4's example (short and lower case, the hard
+# case: see the docstring) and two messages in the data set's style.
 PROBES = ["You won a free cruise, call now",
           "Congratulations! You have won a free cruise. Call now to claim your prize",
           "Are we still on for lunch tomorrow?"]
@@ -98,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"],
                    help="learning rate: linear warm-up then cosine decay to 0, or constant (the book)")
     p.add_argument("--warmup-steps", type=int, default=20, help="warm-up steps for --schedule cosine")
-    p.add_argument("--prefix-weight", type=float, default=0.0,
+    p.add_argument("--prefix-weight", type=float, default=1.0,
                    help="also train on every prefix of each message, with this weight (0: only whole messages, "
-                        "the book's loss; see classify/train.py batch_loss)")
+                        "the book's loss; see classify/train.py batch_loss and the docstring above)")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm (default: no clipping, the book)")
     p.add_argument("--epochs", type=int, default=3, help="passes over the 1,045 training messages")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")

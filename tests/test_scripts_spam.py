@@ -78,13 +78,14 @@ def test_quick_run_with_gradient_accumulation_takes_the_same_steps(lora_run, tmp
     assert accum["val_loss"] == pytest.approx(first["val_loss"], rel=1e-4)
 
 
-def test_quick_run_with_prefix_loss_records_it_and_trains_on_more(lora_run, tmp_path):
+def test_quick_run_without_prefix_loss_records_it_and_trains_on_less(lora_run, tmp_path):
+    """The recipe trains on every prefix (--prefix-weight 1); --prefix-weight 0 is the book's loss alone."""
     _, first = lora_run
-    prefix = finetune_spam.main(["--quick", "--prefix-weight", "1", "--out", str(tmp_path), "--no-progress"])
-    assert prefix["prefix_weight"] == 1.0 and first["prefix_weight"] == 0.0
-    assert prefix["history"]["step"] == first["history"]["step"]
-    # the training loss now adds the prefixes' term: a different number from the first step on
-    assert prefix["history"]["train_loss"][0] != pytest.approx(first["history"]["train_loss"][0], rel=1e-3)
+    whole = finetune_spam.main(["--quick", "--prefix-weight", "0", "--out", str(tmp_path), "--no-progress"])
+    assert whole["prefix_weight"] == 0.0 and first["prefix_weight"] == 1.0
+    assert whole["history"]["step"] == first["history"]["step"]
+    # the training loss now lacks the prefixes' term: a different number from the first step on
+    assert whole["history"]["train_loss"][0] != pytest.approx(first["history"]["train_loss"][0], rel=1e-3)
 
 
 @pytest.mark.parametrize("bad", ["0", "9"])
@@ -156,8 +157,8 @@ def test_quick_comparison_writes_table_json_curves_and_floor(tmp_path):
     torch.manual_seed(5)
     save_model(GPTModel(GPTConfig.from_preset("gpt-tiny")), base)
     results = tmp_path / "results"
-    # Extra flags go to every finetune_spam.py run: with a constant learning rate the default recipe
-    # is the book's, so the scale-alpha/r row has the same settings as lora-separate.
+    # Extra flags go to every finetune_spam.py run: with a constant learning rate, lora-whole (the recipe
+    # on whole messages only) is the book's recipe, so it has the same settings as the scale-alpha/r row.
     report = compare.main(["--quick", "--model", str(base), "--results", str(results), "--runs", str(tmp_path / "runs"),
                            "--schedule", "constant"])
     assert sorted(p.name for p in results.iterdir()) == ["spam_comparison.json", "spam_comparison.md",
@@ -168,23 +169,23 @@ def test_quick_comparison_writes_table_json_curves_and_floor(tmp_path):
     assert trainable == {"lora-separate": TINY_LORA_TRAINABLE, "lora-fused": TINY_LORA_TRAINABLE,
                          "full": TINY_FULL_TRAINABLE, "last-block": 12_608 + 64 + 66, "head": 66,
                          "lora-random-base": TINY_LORA_TRAINABLE, "scale-alpha/r": TINY_LORA_TRAINABLE,
-                         "scale-alpha": TINY_LORA_TRAINABLE, "lora-prefix": TINY_LORA_TRAINABLE}
+                         "scale-alpha": TINY_LORA_TRAINABLE, "lora-whole": TINY_LORA_TRAINABLE}
     # Same settings, same numbers: that row reuses the lora-separate runs instead of repeating them.
-    assert report["meta"]["same_as"] == {"scale-alpha/r": "lora-separate"}
+    assert report["meta"]["same_as"] == {"lora-whole": "scale-alpha/r"}
     runs = report["runs"]
     assert runs["lora-random-base"][0]["base"] == "random:gpt-tiny"  # a random base of the checkpoint's shape
     assert runs["lora-random-base"][0]["test_accuracy"] != runs["lora-separate"][0]["test_accuracy"]
     assert runs["scale-alpha"][0]["lora"]["scaling"] == "alpha" and runs["scale-alpha/r"][0]["lora"]["scaling"] == "alpha/r"
     assert all(r["schedule"] == "constant" for rs in runs.values() for r in rs)
     assert runs["lora-fused"][0]["attention"] == "fused"
-    assert runs["lora-prefix"][0]["prefix_weight"] == 1.0 and runs["lora-separate"][0]["prefix_weight"] == 0.0
+    assert runs["lora-whole"][0]["prefix_weight"] == 0.0 and runs["lora-separate"][0]["prefix_weight"] == 1.0
     # every run classified the probes; the table shows the issue's example's mean p(spam) per row
     for name, row in rows.items():
         assert row["probe_p_spam"] == pytest.approx(
             sum(r["probes_p_spam"][compare.PROBE] for r in runs[name]) / len(runs[name]))
     saved = json.loads((results / "spam_comparison.json").read_text())
     assert saved["rows"]["full"]["test_accuracy"] == rows["full"]["test_accuracy"]
-    assert set(saved["curves"]) == set(compare.ROWS) - {"scale-alpha/r"}
+    assert set(saved["curves"]) == set(compare.ROWS) - {"lora-whole"}
     table = (results / "spam_comparison.md").read_text()
     assert table.count("\n| ") == 1 + len(compare.ROWS)  # header + one line per row
     assert "| head | head only | 66 |" in table
