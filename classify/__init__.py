@@ -8,4 +8,5 @@ Read in this order:
     base.py     which pre-trained model to start from: the shipped gpt-mini, GPT-2, or a random init
     model.py    the 2-class head, read at the last real token; what full / last-block / head train
     train.py    the training loop, evaluation, curves
+    bag_of_words.py   the baseline without a GPT: logistic regression on which tokens a message contains
 """
