@@ -3,6 +3,9 @@
     python scripts/pretrain.py                      # gpt-mini, ~30 min on a 2-core CPU with --bf16
     python scripts/pretrain.py --quick              # a tiny model for a few steps (tests, CI)
     python scripts/pretrain.py --ship data/gpt-mini # also write the shipped checkpoint + manifest
+    python scripts/pretrain.py --init data/gpt-mini --corpus sms ... --ship data/gpt-mini
+                                                    # continue on the SMS messages alone: gpt-mini's
+                                                    # stage 2 (the exact flags: data/gpt-mini/manifest.json)
     torchrun --nproc_per_node=2 scripts/pretrain.py --quick   # data-parallel: 2 processes, same global batch
 
 The device is picked automatically (CUDA, then Apple MPS, then CPU) unless --device names one;
@@ -12,7 +15,8 @@ share of each global batch (--batch-size), and only rank 0 prints and writes fil
 The corpus: the nine Project Gutenberg novels and "The Verdict" in data/pretrain/, and the SMS
 messages of data/sms_spam/ that are NOT in the spam classifier's validation or test split
 (domain-adaptive pre-training; labels are never used). The last 10 % of every novel and 10 % of
-those messages are held out for the validation loss.
+those messages are held out for the validation loss. --corpus sms keeps only the SMS messages,
+--corpus novels only the novels.
 """
 
 from __future__ import annotations
@@ -96,7 +100,9 @@ def main(argv=None):
     p.add_argument("--init", default=None,
                    help="continue pre-training from this checkpoint (a folder such as data/gpt-mini, or a .safetensors "
                         "file written by gpt.checkpoint.save_model) instead of random weights; --preset is then ignored")
-    p.add_argument("--corpus", default="novels+sms", choices=["novels+sms", "novels", "sms", "verdict"])
+    p.add_argument("--corpus", default="novels+sms", choices=["novels+sms", "novels", "sms", "verdict"],
+                   help="training text: novels+sms (gpt-mini's stage 1), sms (its stage 2, with --init), novels, "
+                        "or The Verdict alone (--quick)")
     p.add_argument("--sms-repeat", type=int, default=4, help="how often the SMS training messages are repeated")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: one pass over the corpus)")
     p.add_argument("--batch-size", type=int, default=8)
