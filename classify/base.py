@@ -62,7 +62,8 @@ def describe_base(spec: str) -> dict:
         return {"kind": "gpt2", "path": str(path)}  # a Hugging Face GPT-2 file or folder
     if spec in GPT2_NAMES:
         return {"kind": "gpt2", "path": spec}
-    hint = (" Pre-train it with `python scripts/pretrain.py --ship data/gpt-mini`, or use --model random / gpt2-small."
+    hint = (" It ships with the repository (git checkout data/gpt-mini); to remake it, run the two "
+            "scripts/pretrain.py commands under 'remake' in its manifest.json, or use --model random / gpt2-small."
             if Path(spec).name == "gpt-mini" else "")
     raise FileNotFoundError(f"base model {spec!r} not found: not a file or folder (here or in {ROOT}), not one of "
                             f"{list(GPT2_NAMES)}, not 'random[:preset]'.{hint}")

@@ -5,9 +5,9 @@
     python scripts/compare_finetuning.py --rows lora-separate full  # some rows only
     python scripts/compare_finetuning.py --quick                    # tiny random model (tests)
 
-Rows (all with a new 2-class head, read at the last real token, and finetune_spam.py's recipe:
-3 epochs, batch 8, AdamW lr 8e-4 with cosine decay, LoRA r=16 alpha=16 on every linear layer, the
-loss at the last token plus the loss at every prefix):
+Rows (all with a new 2-class head, read at the last real token, and, unless the row says otherwise,
+finetune_spam.py's recipe: 3 epochs, batch 8, AdamW lr 8e-4 with cosine decay, LoRA r=16 alpha=16 on
+every linear layer, the loss at the last token plus the loss at every prefix):
   lora-separate     LoRA on W_query/W_key/W_value (+ the other linear layers the recipe targets)
   lora-fused        the same LoRA on one fused qkv projection (per-slice A/B): the same trainable count and
                     the same function; only the random draw of the A matrices differs (one (d, 3r) draw)
@@ -15,7 +15,8 @@ loss at the last token plus the loss at every prefix):
   last-block        the last transformer block + final_norm + head (the book's chapter 6)
   head              the head only: a linear probe on frozen features
   lora-random-base  lora-separate on a randomly initialised base of the same shape: what pre-training buys
-  scale-alpha/r     the book's recipe r=16, alpha=16, constant lr 8e-4, update scaled by alpha/r = 1
+  scale-alpha/r     the book's recipe r=16, alpha=16, constant lr 8e-4, the book's loss (last token only),
+                    update scaled by alpha/r = 1
   scale-alpha       the same with the book's first printing: alpha * x A B, 16x larger update
   lora-whole        lora-separate trained on whole messages only (--prefix-weight 0, the book's loss); the
                     recipe also trains on every prefix of each message, against "short means ham"

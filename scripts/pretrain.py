@@ -1,6 +1,6 @@
 """Chapter 4 script: pre-train a small GPT on public-domain novels and unlabelled SMS messages.
 
-    python scripts/pretrain.py                      # gpt-mini, ~30 min on a 2-core CPU with --bf16
+    python scripts/pretrain.py                      # gpt-mini's stage 1, ~35 min on a 2-core CPU with --bf16
     python scripts/pretrain.py --quick              # a tiny model for a few steps (tests, CI)
     python scripts/pretrain.py --ship data/gpt-mini # also write the shipped checkpoint + manifest
     python scripts/pretrain.py --init data/gpt-mini --corpus sms ... --ship data/gpt-mini
