@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from classify.base import DEFAULT_BASE, describe_base, load_base  # noqa: E402
 from classify.data import load_sentiment, random_split, spam_splits  # noqa: E402
-from classify.dataset import ClassificationDataset, encode_for_classification, make_loader  # noqa: E402
-from classify.model import add_classification_head, class_logits  # noqa: E402
+from classify.dataset import ClassificationDataset, make_loader  # noqa: E402
+from classify.model import add_classification_head, class_logits, predict_texts  # noqa: E402
 from classify.train import evaluate, train_classifier  # noqa: E402
 from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
@@ -128,15 +128,10 @@ def train_adapter(model, task: Task, cfg: LoraConfig, epochs: int, args, log=pri
                             progress=not args.no_progress, log=log if not args.no_progress else None)
 
 
-@torch.no_grad()
 def classify(model, texts: list[str], labels: list[str], max_length: int) -> list[tuple[str, float]]:
     """(label, probability) for each text with the model's active adapter, on the model's device."""
-    device = next(model.parameters()).device
     out = []
-    for text in texts:
-        ids, _ = encode_for_classification(text, max_length)
-        logits = class_logits(model, torch.tensor([ids], device=device), torch.tensor([len(ids)], device=device))
-        probs = torch.softmax(logits[0].float(), dim=-1).cpu()  # (C,)
+    for probs, _, _ in predict_texts(model, texts, max_length):  # probs: (C,)
         k = int(probs.argmax())
         out.append((labels[k], float(probs[k])))
     return out

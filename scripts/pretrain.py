@@ -22,7 +22,6 @@ those messages are held out for the validation loss. --corpus sms keeps only the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import sys
@@ -34,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from classify.data import unlabelled_sms_for_pretraining  # noqa: E402
+from classify.data import sha256_of, unlabelled_sms_for_pretraining  # noqa: E402
 from gpt.checkpoint import atomic_write, load_model, save_model  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.data import TokenWindows, tokenize_documents  # noqa: E402
@@ -87,11 +86,13 @@ def _init_checkpoint(spec: str) -> dict:
                                 f"holding model.safetensors)")
     manifest_path = path.parent / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    previous = {k: manifest[k] for k in ("name", "steps", "tokens_seen", "final_val_loss", "wall_time_minutes",
+    previous = {k: manifest[k] for k in ("name", "corpus", "steps", "tokens_seen", "final_val_loss", "wall_time_minutes",
                                          "device", "command", "sha256", "continued_from") if k in manifest}
-    previous["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()  # what was actually loaded
+    previous["sha256"] = sha256_of(path)  # what was actually loaded
+    # The commands that made the checkpoint, in order: run them, then this run's, to remake the new one.
+    remake = manifest.get("remake") or ([manifest["command"]] if "command" in manifest else [])
     return {"path": path, "name": manifest.get("name", path.parent.name), "tokens_seen": manifest.get("tokens_seen", 0),
-            "manifest": previous}
+            "manifest": previous, "remake": remake}
 
 
 def main(argv=None):
@@ -180,6 +181,8 @@ def _run(args, argv, device):
         ship = Path(args.ship)
         ckpt = save_model(model.cpu(), ship / "model.safetensors", dtype=torch.float16)
         plot_losses(history, ship / "loss.png", title=f"pre-training {name}")
+        command = ((f"torchrun --nproc_per_node={world_size} " if world_size > 1 else "python ")
+                   + "scripts/pretrain.py " + " ".join(argv if argv is not None else sys.argv[1:]))
         manifest = {
             "name": name,
             "config": cfg.to_dict(),
@@ -196,12 +199,12 @@ def _run(args, argv, device):
             "device": str(device) + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
             + (f" x {world_size} processes" if world_size > 1 else ""),
             "weights_dtype": "float16 (upcast to float32 on load)",
-            "command": (f"torchrun --nproc_per_node={world_size} " if world_size > 1 else "python ")
-            + "scripts/pretrain.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": command,
+            "remake": (init["remake"] if init else []) + [command],
             "torch": torch.__version__,
             **({"continued_from": init["manifest"]} if init else {}),
             "samples": samples_after,
-            "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+            "sha256": sha256_of(ckpt),
         }
         with atomic_write(ship / "manifest.json") as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -182,7 +182,7 @@ def test_ch06_bad_head_classes(tmp_path):
 def test_pretrain_init_continues_from_a_shipped_checkpoint_and_records_its_history(tmp_path):
     """--init starts from a shipped checkpoint instead of random weights: ten steps into the second run the validation
     loss is already below where the first run ended (10.05 vs 10.40 nats here), and the new manifest adds up the
-    tokens and keeps the first run's command and checksum."""
+    tokens and keeps the first run's command, corpus and checksum, and the commands that remake it."""
     import hashlib
 
     pretrain = load_script("pretrain")
@@ -196,6 +196,9 @@ def test_pretrain_init_continues_from_a_shipped_checkpoint_and_records_its_histo
         (tmp_path / "ship1" / "model.safetensors").read_bytes()).hexdigest()
     assert m2["continued_from"]["command"] == m1["command"] and m2["config"] == m1["config"]
     assert "--init" in m2["command"]
+    # the commands that remake each checkpoint, in order, and the first stage's corpus
+    assert m1["remake"] == [m1["command"]] and m2["remake"] == [m1["command"], m2["command"]]
+    assert m2["continued_from"]["corpus"] == m1["corpus"]
     assert second.val_loss[0] < first.val_loss[-1]  # it continued: a restart from random weights would be at ~10.6
     with pytest.raises(FileNotFoundError, match="--init .*no checkpoint there"):
         pretrain.main(["--quick", "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "run3")])
