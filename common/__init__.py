@@ -1,0 +1,2 @@
+"""Plumbing every other package and script shares: atomic files and folders (files.py), the command
+line's one-line refusals (cli.py). Imports nothing of gpt/, lora/ or classify/."""
