@@ -9,7 +9,15 @@
 `fuse_qkv` and `split_qkv` convert a module's weights between the two layouts; both give the
 same outputs up to float rounding.
 
-Shape legend: b = batch, T = tokens, H = heads, hd = head_dim, d_in / d_out = widths.
+Both layouts keep a KV cache for generation (`forward(x, use_cache=True)`), as in the book's
+chapter-4 bonus material: generating token t + 1 needs the keys and values of tokens 0 .. t, and
+without a cache every step recomputes them all. With `use_cache=True` the module appends this
+call's keys and values to `cache_k` / `cache_v` and attends over the whole cache, so the prompt is
+processed once and each later step feeds one token. `reset_cache()` empties it;
+`gpt/generate.py` resets it before and after every call.
+
+Shape legend: b = batch, T = tokens, H = heads, hd = head_dim, d_in / d_out = widths,
+P = tokens already in the cache (or prefix tokens).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ def causal_attention(queries, keys, values, dropout_p: float = 0.0, sdpa: bool =
         raise ValueError(f"causal_attention: {Tk} keys for {Tq} queries; need at least as many keys")
     offset = Tk - Tq
     if sdpa:
+        if Tq == 1:  # one new token (cached generation): it may see every key, no mask needed
+            return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p)
         if offset == 0:
             return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p, is_causal=True)
         # is_causal aligns the mask top-left; with a prefix the diagonal is shifted, so pass it.
@@ -63,6 +73,11 @@ class _CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.sdpa = sdpa
         self.out_proj = nn.Linear(d_out, d_out)  # mixes the heads' outputs
+        # The KV cache: keys and values of every token seen since the last reset_cache(), each
+        # (b, H, P, hd). Buffers, so that model.to(device) moves them; not persistent, so they
+        # never enter a state dict or a checkpoint.
+        self.register_buffer("cache_k", None, persistent=False)
+        self.register_buffer("cache_v", None, persistent=False)
 
     def project_qkv(self, x):
         """(b, T, d_in) -> queries, keys, values, each (b, H, T, hd)."""
@@ -72,21 +87,35 @@ class _CausalSelfAttention(nn.Module):
         b, T, _ = t.shape
         return t.view(b, T, self.num_heads, self.head_dim).transpose(1, 2)  # (b, H, T, hd)
 
-    def forward(self, x, prefix_kv=None):
+    def forward(self, x, prefix_kv=None, use_cache: bool = False):
         """x: (b, T, d_in) -> (b, T, d_out).
 
         prefix_kv: optional (keys, values), each (b, H, P, hd), prepended to this input's keys
-        and values (prefix tuning, cached generation).
+        and values (prefix tuning).
+        use_cache: append this input's keys and values to the cache and attend over all of it:
+        x holds the tokens that follow the P cached ones (the prompt first, then one new token
+        per step).
         """
         b, T, _ = x.shape
-        queries, keys, values = self.project_qkv(x)
+        queries, keys, values = self.project_qkv(x)  # each (b, H, T, hd)
         if prefix_kv is not None:
+            if use_cache:
+                raise ValueError("prefix_kv and use_cache cannot be combined: pass one set of earlier keys and values")
             keys = torch.cat([prefix_kv[0], keys], dim=2)  # (b, H, P + T, hd)
             values = torch.cat([prefix_kv[1], values], dim=2)
+        if use_cache:
+            if self.cache_k is not None:
+                keys = torch.cat([self.cache_k, keys], dim=2)  # (b, H, P + T, hd)
+                values = torch.cat([self.cache_v, values], dim=2)
+            self.cache_k, self.cache_v = keys, values
         dropout_p = self.dropout if self.training else 0.0
         context = causal_attention(queries, keys, values, dropout_p=dropout_p, sdpa=self.sdpa)
         context = context.transpose(1, 2).reshape(b, T, self.d_out)  # (b, T, H * hd)
         return self.out_proj(context)
+
+    def reset_cache(self):
+        """Forget the cached keys and values (before generating from a new prompt)."""
+        self.cache_k, self.cache_v = None, None
 
 
 class MultiHeadAttention(_CausalSelfAttention):

@@ -4,6 +4,10 @@ Module names follow the book (`tok_emb`, `pos_emb`, `trf_blocks`, `att`, `ff`, `
 `final_norm`, `out_head`); `gpt/weights.py` maps OpenAI's names (`wte`, `h`, `c_attn`, ...)
 onto these in one place.
 
+KV cache (the book's chapter-4 bonus): `model(idx, use_cache=True)` keeps every block's keys and
+values and `current_pos`, the position of the next token, so the next call passes only the new
+tokens and reads the position embedding from `current_pos` on. `reset_kv_cache()` starts over.
+
 Shape legend: b = batch, T = tokens, d = emb_dim, V = vocab_size.
 """
 
@@ -68,8 +72,11 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(cfg.emb_dim)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x):
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))  # (b, T, d)
+    def forward(self, x, use_cache: bool = False):
+        # use_cache is passed on only when asked: wrappers of `att` (adapters, prefix tuning)
+        # keep the plain att(x) call.
+        attended = self.att(self.norm1(x), use_cache=True) if use_cache else self.att(self.norm1(x))
+        x = x + self.drop_shortcut(attended)  # (b, T, d)
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # (b, T, d)
         return x
 
@@ -93,6 +100,7 @@ class GPTModel(nn.Module):
         if cfg.tie_weights:
             # Share, don't copy: one tensor, counted once (check with data_ptr()).
             self.out_head.weight = self.tok_emb.weight
+        self.current_pos = 0  # tokens in the KV cache = position of the next token (use_cache=True)
 
     def _init_weights(self, module):
         # GPT-2's initialisation: weights N(0, 0.02), biases zero.
@@ -103,23 +111,69 @@ class GPTModel(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, in_idx, return_hidden: bool = False):
+    def forward(self, in_idx, return_hidden: bool = False, use_cache: bool = False):
         """in_idx: (b, T) token ids -> logits (b, T, V); or the final hidden states (b, T, d)
-        after `final_norm` when return_hidden=True."""
+        after `final_norm` when return_hidden=True.
+
+        use_cache=True: in_idx are the T tokens after the `current_pos` tokens already in the KV
+        cache (positions current_pos .. current_pos + T - 1); their keys and values join the cache.
+        """
         b, T = in_idx.shape
-        if T > self.cfg.context_length:
+        self.check_token_ids(in_idx)
+        if use_cache:
+            self._check_cache_support()
+        start = self.current_pos if use_cache else 0
+        if start + T > self.cfg.context_length:
+            if use_cache:
+                raise ValueError(
+                    f"the KV cache holds {start} tokens and {T} more would pass the model's context_length "
+                    f"{self.cfg.context_length}; call reset_kv_cache() and start again from the last "
+                    f"{self.cfg.context_length} tokens, or generate without the cache"
+                )
             raise ValueError(
                 f"input has {T} tokens but the model's context_length is {self.cfg.context_length}; "
                 f"truncate the input (keep the last {self.cfg.context_length} tokens) or use a longer context"
             )
-        positions = torch.arange(T, device=in_idx.device)
+        positions = torch.arange(start, start + T, device=in_idx.device)
         x = self.tok_emb(in_idx) + self.pos_emb(positions)  # (b, T, d)
         x = self.drop_emb(x)
-        x = self.trf_blocks(x)
+        if use_cache:
+            for block in self.trf_blocks:
+                x = block(x, use_cache=True)
+            self.current_pos += T
+        else:
+            x = self.trf_blocks(x)
         x = self.final_norm(x)
         if return_hidden:
             return x
         return self.out_head(x)  # (b, T, V)
+
+    def check_token_ids(self, in_idx):
+        """A token id outside 0 .. vocab_size - 1 is a ValueError naming it (an embedding lookup
+        would fail with an index error on a CPU, and a device-side assert on a GPU)."""
+        outside = (in_idx < 0) | (in_idx >= self.cfg.vocab_size)
+        if outside.any():
+            bad = int(in_idx[outside][0])
+            raise ValueError(
+                f"token id {bad} is outside the vocabulary: ids must be in 0 .. {self.cfg.vocab_size - 1} "
+                f"(vocab_size {self.cfg.vocab_size}); encode the text with this model's tokenizer"
+            )
+
+    def _check_cache_support(self):
+        for i, block in enumerate(self.trf_blocks):
+            if not isinstance(block.att, (MultiHeadAttention, FusedMultiHeadAttention)):
+                raise ValueError(
+                    f"use_cache needs gpt/attention.py's attention modules, but block {i}'s att is a "
+                    f"{type(block.att).__name__} (a wrapper such as prefix tuning or an adapter); "
+                    f"generate with use_cache=False"
+                )
+
+    def reset_kv_cache(self):
+        """Empty every block's KV cache and start positions at 0 again."""
+        for block in self.trf_blocks:
+            if hasattr(block.att, "reset_cache"):
+                block.att.reset_cache()
+        self.current_pos = 0
 
 
 def convert_attention(model: GPTModel, attention: str) -> GPTModel:

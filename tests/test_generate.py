@@ -1,8 +1,12 @@
 """Text generation (gpt/generate.py): greedy decoding token for token equal to transformers'
-on the same tiny checkpoint, top-k with k = 1 equal to greedy, <|endoftext|> stopping, and
-seeded sampling that repeats itself."""
+on the same tiny checkpoint, top-k with k = 1 equal to greedy, <|endoftext|> stopping,
+seeded sampling that repeats itself, and the KV cache: cached generation equal token for token
+to uncached (greedy and sampled, both attention layouts, up to the context length), its logits
+equal at every step (<= 1e-5), the cache emptied around every call, and a clear refusal past
+the context length."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below is local
 
@@ -10,7 +14,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt import END_OF_TEXT_ID, generate, generate_text
+from gpt import END_OF_TEXT_ID, convert_attention, generate, generate_text
 from gpt.weights import load_gpt2
 
 TINY = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50257)
@@ -107,3 +111,108 @@ def test_generate_text_round_trip(models):
     ours, _ = models
     text = generate_text(ours, "Hello, world.", max_new_tokens=5)
     assert text.startswith("Hello, world.") and len(text) > len("Hello, world.")
+
+
+# ----------------------------------------------------------------------------- the KV cache
+
+CONTEXT = TINY["n_positions"]  # 64
+
+
+@pytest.fixture(scope="module", params=["separate", "fused"])
+def layout_model(request, models):
+    """Our tiny GPT-2 in each attention layout (the same function)."""
+    return convert_attention(models[0], request.param)
+
+
+def test_cached_greedy_equals_uncached_up_to_the_context_length(layout_model, prompt):
+    new = CONTEXT - prompt.shape[1]  # prompt + new tokens fill the context exactly
+    uncached = generate(layout_model, prompt, max_new_tokens=new)
+    cached = generate(layout_model, prompt, max_new_tokens=new, use_cache=True)
+    assert cached.shape == (2, CONTEXT)
+    assert torch.equal(cached, uncached)
+
+
+def test_cached_sampling_equals_uncached(layout_model, prompt):
+    def sample(use_cache):
+        return generate(layout_model, prompt, max_new_tokens=CONTEXT - prompt.shape[1], temperature=1.0,
+                        top_k=50, generator=torch.Generator().manual_seed(123), use_cache=use_cache)
+
+    cached = sample(True)
+    assert torch.equal(cached, sample(False))
+    assert not torch.equal(cached, generate(layout_model, prompt, max_new_tokens=CONTEXT - 7))  # not greedy
+
+
+def test_cached_logits_equal_uncached_at_every_step(layout_model, prompt):
+    """The prompt in one cached call, then one token per call: each step's logits are the last
+    position's logits of the whole sequence run without the cache."""
+    model = layout_model
+    seq = generate(model, prompt, max_new_tokens=CONTEXT - prompt.shape[1])  # (2, 64)
+    T = prompt.shape[1]
+    model.reset_kv_cache()
+    with torch.no_grad():
+        torch.testing.assert_close(model(prompt, use_cache=True), model(prompt), rtol=0, atol=1e-5)
+        assert model.current_pos == T
+        for t in range(T, CONTEXT):
+            cached = model(seq[:, t:t + 1], use_cache=True)  # (2, 1, V)
+            torch.testing.assert_close(cached[:, -1], model(seq[:, :t + 1])[:, -1], rtol=0, atol=1e-5)
+        assert model.current_pos == CONTEXT
+        assert model.trf_blocks[0].att.cache_k.shape == (2, 4, CONTEXT, 8)  # (b, H, P, hd)
+        with pytest.raises(ValueError, match="the KV cache holds 64 tokens and 1 more would pass the model's "
+                                             "context_length 64; call reset_kv_cache()"):
+            model(seq[:, :1], use_cache=True)
+    model.reset_kv_cache()
+    assert model.current_pos == 0 and all(b.att.cache_k is None for b in model.trf_blocks)
+
+
+def test_the_cache_is_emptied_before_and_after_every_call(layout_model, prompt, monkeypatch):
+    model = layout_model
+    expected = generate(model, prompt, max_new_tokens=NEW)
+    with torch.no_grad():
+        model(prompt[:, :3], use_cache=True)  # a stale cache, left by hand
+    assert torch.equal(generate(model, prompt, max_new_tokens=NEW, use_cache=True), expected)
+    assert model.current_pos == 0 and all(b.att.cache_k is None and b.att.cache_v is None for b in model.trf_blocks)
+    assert torch.equal(generate(model, prompt, max_new_tokens=NEW, use_cache=True), expected)  # twice: the same
+
+    def fail_at_step_3(logits, *args, _calls=[]):
+        _calls.append(1)
+        if len(_calls) == 3:
+            raise RuntimeError("stopped")
+        return logits.argmax(dim=-1, keepdim=True)
+
+    # sys.modules: gpt/__init__.py exports the function generate under the module's name
+    monkeypatch.setattr(sys.modules["gpt.generate"], "next_token", fail_at_step_3)
+    with pytest.raises(RuntimeError, match="stopped"):
+        generate(model, prompt, max_new_tokens=NEW, use_cache=True)
+    assert model.current_pos == 0 and model.trf_blocks[0].att.cache_k is None  # emptied after an error too
+
+
+def test_cached_generation_refuses_to_pass_the_context_length(models, prompt):
+    ours, _ = models
+    with pytest.raises(ValueError, match=r"the prompt's 7 tokens plus max_new_tokens=58 make 65, more than the "
+                                         r"context length 64; ask for at most 57 new tokens, or use use_cache=False"):
+        generate(ours, prompt, max_new_tokens=CONTEXT - 6, use_cache=True)
+    with pytest.raises(ValueError, match="context length 16; ask for at most 9 new tokens"):
+        generate(ours, prompt, max_new_tokens=10, context_size=16, use_cache=True)
+    assert ours.current_pos == 0  # refused before anything ran
+    # Without the cache the window slides: 58 new tokens are fine.
+    assert generate(ours, prompt, max_new_tokens=CONTEXT - 6).shape == (2, CONTEXT + 1)
+
+
+def test_wrapped_attention_is_refused_with_use_cache(models, prompt):
+    """An adapter or prefix tuning replaces a block's att by a wrapper that knows no cache."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, att):
+            super().__init__()
+            self.att = att
+
+        def forward(self, x):
+            return self.att(x)
+
+    model = convert_attention(models[0], "separate")
+    model.trf_blocks[1].att = Wrapper(model.trf_blocks[1].att)
+    expected = generate(models[0], prompt, max_new_tokens=3)
+    assert torch.equal(generate(model, prompt, max_new_tokens=3), expected)  # uncached: the wrapper is called
+    with pytest.raises(ValueError, match="use_cache needs gpt/attention.py's attention modules, but block 1's att "
+                                         "is a Wrapper .* generate with use_cache=False"):
+        generate(model, prompt, max_new_tokens=3, use_cache=True)

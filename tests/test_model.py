@@ -184,6 +184,30 @@ def test_prefix_kv_equals_attention_over_the_whole_sequence(layout, sdpa):
     torch.testing.assert_close(suffix, full[:, P:], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("sdpa", [True, False])
+@pytest.mark.parametrize("layout", [MultiHeadAttention, FusedMultiHeadAttention])
+def test_kv_cache_equals_attention_over_the_whole_sequence(layout, sdpa):
+    """use_cache=True: P tokens at once, then one token per call, gives what one call over all
+    tokens gives; the cache holds every token's keys and values; prefix_kv and the cache exclude
+    each other."""
+    torch.manual_seed(0)
+    att = layout(32, 32, context_length=64, dropout=0.0, num_heads=4, qkv_bias=True, sdpa=sdpa).eval()
+    x = torch.randn(2, 12, 32)
+    P = 5
+    with torch.no_grad():
+        full = att(x)  # (2, 12, 32)
+        steps = [att(x[:, :P], use_cache=True)] + [att(x[:, t:t + 1], use_cache=True) for t in range(P, 12)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-6)
+        _, keys, values = att.project_qkv(x)  # each (2, 4, 12, 8)
+        torch.testing.assert_close(att.cache_k, keys, rtol=0, atol=1e-6)  # one row vs twelve: rounding
+        torch.testing.assert_close(att.cache_v, values, rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match="prefix_kv and use_cache cannot be combined"):
+            att(x[:, :1], prefix_kv=(keys, values), use_cache=True)
+        att.reset_cache()
+        assert att.cache_k is None and att.cache_v is None
+        assert "cache_k" not in att.state_dict()  # never saved with the weights
+
+
 def test_causal_mask_future_tokens_do_not_matter():
     model = tiny_model()
     x = tokens(T=20)
@@ -243,3 +267,13 @@ def test_input_longer_than_context():
     with pytest.raises(ValueError, match="2 keys for 3 queries"):
         q = torch.zeros(1, 1, 3, 8)
         causal_attention(q, q[:, :, :2], q[:, :, :2])
+
+
+@pytest.mark.parametrize("bad, ids", [(50257, [[0, 11, 50257]]), (-1, [[5, -1, 7]]), (60000, [[60000], [3]])])
+def test_token_id_outside_the_vocabulary(bad, ids):
+    model = GPTModel(TINY)
+    with pytest.raises(ValueError, match=rf"token id {bad} is outside the vocabulary: ids must be in 0 \.\. 50256 "
+                                         r"\(vocab_size 50257\)"):
+        model(torch.tensor(ids))
+    with torch.no_grad():  # the edges are fine
+        assert model(torch.tensor([[0, 50256]])).shape == (1, 2, 50257)
