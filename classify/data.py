@@ -136,19 +136,17 @@ def download_sms_spam(dest_dir: str | Path = SMS_SPAM_FILE.parent, url: str = SM
       1. stream the zip into a temporary file in `dest_dir` (gpt.download.download_file: tqdm bar,
          atomic rename, RuntimeError naming the URL when there is no network),
       2. read the `SMSSpamCollection` member and check its sha256 against SMS_SPAM_SHA256,
-      3. write it to a temporary file in `dest_dir` and os.replace it onto the final name,
+      3. write it atomically (common.files: a temporary file in `dest_dir`, then os.replace),
     so `dest_dir/SMSSpamCollection` only ever exists complete and verified. Returns its path.
     """
-    import os
-    import tempfile
     import zipfile
 
+    from common.files import atomic_write_bytes, temp_name
     from gpt.download import download_file
 
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, zip_tmp = tempfile.mkstemp(dir=dest_dir, prefix=".sms-spam-collection.", suffix=".zip")
-    os.close(fd)
+    zip_tmp = dest_dir / temp_name("sms-spam-collection.zip")  # scratch; an orphan is cleaned like any temp file
     try:
         # download_file raises gpt.download.OfflineError (a RuntimeError) when offline.
         download_file(url, zip_tmp, progress=progress)
@@ -166,13 +164,4 @@ def download_sms_spam(dest_dir: str | Path = SMS_SPAM_FILE.parent, url: str = SM
     if expected_sha256 is not None and actual != expected_sha256:
         raise ValueError(f"{url}: {SMS_SPAM_MEMBER} has sha256 {actual}, expected {expected_sha256}; "
                          f"the download is corrupt or the file changed upstream; nothing was written")
-    dest = dest_dir / SMS_SPAM_MEMBER
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{SMS_SPAM_MEMBER}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return atomic_write_bytes(dest_dir / SMS_SPAM_MEMBER, data)

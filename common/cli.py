@@ -78,6 +78,21 @@ def run_main(main: Callable, argv: Sequence[str] | None = None):
         sys.exit(EXIT_USER_ERROR)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad command line (a missing or unknown flag, a value of the wrong
+    type, a bad choice, a script's own parser.error) is one line, `error: <message> (see --help)`,
+    and exit code 2, like every other refusal; argparse itself prints its usage block first.
+    Defaults are shown in --help (ArgumentDefaultsHelpFormatter) unless formatter_class is given."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f"error: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
 def parse_with_quick(parser: argparse.ArgumentParser, quick: dict, argv: Sequence[str] | None = None,
                      flag: str = "quick") -> argparse.Namespace:
     """parser.parse_args(argv), where --quick (a store_true flag named `flag`) swaps in the `quick`

@@ -53,21 +53,19 @@ def temp_name(name: str, pid: int | None = None) -> str:
     return f".{name}.{os.getpid() if pid is None else pid}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 
-def _new_temp_file(path: Path) -> Path:
-    """Create an empty temporary file beside `path` with the mode a plain open() would give it:
-    the existing target's mode when there is one (a user's chmod survives a re-save), else 0666
-    minus the umask (os.open applies the umask itself; mkstemp would make it private, 0600)."""
-    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666
+def _new_temp_file(path: Path) -> tuple[Path, int]:
+    """Create an empty temporary file beside `path`; return it and the mode a plain open() would give
+    the target: the existing target's mode when there is one (a user's chmod survives a re-save),
+    else 0666 minus the umask (os.open applies the umask itself; mkstemp would make it 0600)."""
     while True:
         tmp = path.parent / temp_name(path.name)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:  # 32 random bits collided: draw again
             continue
         os.close(fd)
-        if path.is_file():
-            os.chmod(tmp, mode)  # an existing target's mode, exactly (the umask may have removed bits)
-        return tmp
+        mode = stat.S_IMODE((path if path.is_file() else tmp).stat().st_mode)
+        return tmp, mode
 
 
 @contextlib.contextmanager
@@ -80,10 +78,11 @@ def atomic_write(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphaned_temp_files(path.parent, path.name)
-    tmp = _new_temp_file(path)
+    tmp, mode = _new_temp_file(path)
     try:
         yield tmp
         _fsync_file(tmp)
+        os.chmod(tmp, mode)  # the writer may have replaced the file (safetensors writes its own 0600 one)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -4,136 +4,23 @@
   checkpoint is self-describing. A tied output head is stored once.
 * Training state (optimizer, scheduler, step, random states) for resuming: torch.save, read back
   with `weights_only=True`, which refuses arbitrary pickled objects.
-* Every write goes to a temporary file in the target folder first and is then renamed over the
-  target (`os.replace` is atomic on POSIX and Windows), so an interrupted save never leaves a
-  half-written file where a good one was.
+* Every write goes through common.files.atomic_write: a temporary file in the target folder, then
+  renamed over the target (`os.replace` is atomic on POSIX and Windows), so an interrupted save
+  never leaves a half-written file where a good one was.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from common.files import atomic_write
 from gpt.config import GPTConfig
 from gpt.model import GPTModel
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, suffix: str = ".tmp"):
-    """Yield a temporary path next to `path`; on success rename it onto `path`, on error delete it.
-
-        with atomic_write("run/model.safetensors") as tmp:
-            save_file(tensors, tmp)      # a crash here leaves run/model.safetensors as it was
-
-    The temporary file is named `.{name}.{pid}.{random}{suffix}` in the same folder (a rename
-    is only atomic within one file system). It is flushed to disk (fsync) before the rename, so
-    a power cut cannot leave an empty file under the final name. A process killed outright
-    (SIGKILL, power cut) cannot delete its own temporary file; the next save to the same path
-    removes such orphans (`remove_orphaned_temp_files`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphaned_temp_files(path, suffix)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        _fsync(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync(path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX; Windows cannot open a folder for fsync)."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems do not support fsync on a folder
-        pass
-    finally:
-        os.close(fd)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it...
-    os.umask(mask)  # ...and put it back (done once, at import)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def _process_is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_orphaned_temp_files(path: str | Path, suffix: str = ".tmp") -> list[Path]:
-    """Delete temporary files that an earlier, killed `atomic_write` to `path` left behind.
-
-    Only files whose writer process no longer exists are removed, so a save to the same path
-    running in another process is never disturbed. POSIX only (on Windows, os.kill(pid, 0)
-    would terminate the process); returns the removed paths.
-    """
-    path = Path(path)
-    if os.name != "posix" or not path.parent.is_dir():
-        return []
-    removed = []
-    for candidate in path.parent.glob(f".{path.name}.*{suffix}"):
-        parts = candidate.name[len(path.name) + 2 : len(candidate.name) - len(suffix)].split(".")  # [pid, random]
-        if len(parts) != 2 or not parts[0].isdigit():
-            continue  # not one of ours (e.g. the temp file of a longer name that starts the same)
-        pid = int(parts[0])
-        if pid == os.getpid() or _process_is_alive(pid):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            candidate.unlink()
-            removed.append(candidate)
-    return removed
-
-
-def new_figure(nrows: int = 1, ncols: int = 1, figsize=(6, 3.5), dpi: int = 100, **subplots_kwargs):
-    """(figure, axes) as plt.subplots gives them, but without pyplot: no window, no global figure list,
-    and a notebook's plotting backend is left alone when a script's plotting function runs there.
-    Save the figure with save_figure."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=dpi)
-    return fig, fig.subplots(nrows, ncols, **subplots_kwargs)
-
-
-def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
-    """Write a matplotlib figure as a PNG atomically (like every other file here), then close it."""
-    with atomic_write(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", **savefig_kwargs)
-    if "matplotlib.pyplot" in sys.modules:  # a pyplot figure: free it (new_figure's figures need nothing)
-        sys.modules["matplotlib.pyplot"].close(fig)
-    return Path(path)
 
 
 def _tied_duplicates(model: torch.nn.Module) -> set[str]:

@@ -10,9 +10,9 @@ The four released sizes are public on the Hugging Face Hub, in the safetensors l
 cache, `$LORA_FROM_SCRATCH_CACHE/<name>/` or, when that variable is unset,
 `~/.cache/lora-from-scratch/<name>/`.
 
-Only the standard library is used: `urllib.request` streams the file into a temporary file
-in the destination folder, with a tqdm progress bar, and `os.replace` moves it into place,
-so an interrupted download never leaves a half-written `model.safetensors` behind.
+`urllib.request` streams the file, with a tqdm progress bar, into a temporary file in the
+destination folder (common.files.atomic_write), and `os.replace` moves it into place, so an
+interrupted download never leaves a half-written `model.safetensors` behind.
 
 About the checksum, honestly: this project was written on machines without internet access,
 so it does not ship the upstream sha256 of the checkpoints (we could not verify one offline,
@@ -30,16 +30,17 @@ Command line:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+
+from common.cli import ArgumentParser, UserError, run_main
+from common.files import atomic_write, atomic_write_text
 
 # Our preset name -> the repository name on the Hub.
 HF_REPOS = {
@@ -59,8 +60,9 @@ CACHE_ENV = "LORA_FROM_SCRATCH_CACHE"
 NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException)
 
 
-class OfflineError(RuntimeError):
-    """The file could not be fetched because there is no network (its message says what to do)."""
+class OfflineError(UserError, RuntimeError):
+    """The file could not be fetched because there is no network (its message says what to do).
+    A UserError: a script's run_main prints it as one line, without a traceback."""
 
 
 def cache_dir() -> Path:
@@ -111,23 +113,11 @@ def checksum_path(path: str | Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def record_checksum(path: str | Path, digest: str | None = None) -> str:
     """Write the sha256 of `path` (computed unless given) next to it; returns it."""
     digest = digest or sha256_file(path)
     # sha256sum's format, so `sha256sum -c model.safetensors.sha256` works in the same folder.
-    _atomic_write_text(checksum_path(path), f"{digest}  {Path(path).name}\n")
+    atomic_write_text(checksum_path(path), f"{digest}  {Path(path).name}\n")
     return digest
 
 
@@ -163,30 +153,27 @@ def download_file(url: str, dest: str | Path, expected_sha256: str | None = None
     is no network (OfflineError; the message says how to get the file by hand).
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     digest = hashlib.sha256()
     received, total = 0, None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    length = response.headers.get("Content-Length")
-                    total = int(length) if length else None
-                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                              disable=None if progress else True) as bar:
-                        while chunk := response.read(chunk_size):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            received += len(chunk)
-                            bar.update(len(chunk))
-            except urllib.error.HTTPError as err:  # the server answered, with an error status
-                raise RuntimeError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
-            except NETWORK_ERRORS as err:
-                raise OfflineError(
-                    f"no network: could not download {url} ({err}).\n"
-                    f"Download it on a machine with internet access and save it as {dest}."
-                ) from err
+    with atomic_write(dest) as tmp, open(tmp, "wb") as out:  # any error below deletes the temporary file
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length else None
+                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                          disable=None if progress else True) as bar:
+                    while chunk := response.read(chunk_size):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except urllib.error.HTTPError as err:  # the server answered, with an error status
+            raise RuntimeError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
+        except NETWORK_ERRORS as err:
+            raise OfflineError(
+                f"no network: could not download {url} ({err}).\n"
+                f"Download it on a machine with internet access and save it as {dest}."
+            ) from err
         if total is not None and received != total:
             raise ValueError(f"incomplete download of {url}: got {received:,} of {total:,} bytes")
         actual = digest.hexdigest()
@@ -195,11 +182,6 @@ def download_file(url: str, dest: str | Path, expected_sha256: str | None = None
                 f"sha256 mismatch for {url}: expected {expected_sha256}, got {actual}; "
                 f"the download is corrupt, nothing was written to {dest}"
             )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); a cache file may be read by all
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return actual
 
 
@@ -228,10 +210,9 @@ def download_gpt2(name: str, force: bool = False, progress: bool = True, cache: 
 
 
 def main(argv=None) -> Path:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m gpt.download",
         description="Download OpenAI's GPT-2 weights (safetensors) from the Hugging Face Hub into the cache.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("name", choices=sorted(HF_REPOS), help="which GPT-2 size")
     parser.add_argument("--cache-dir", default=None,
@@ -244,4 +225,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

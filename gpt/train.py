@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from gpt.checkpoint import load_training_state, new_figure, save_figure, save_model, save_training_state
+from gpt.checkpoint import load_training_state, save_model, save_training_state
 from gpt.device import autocast
 from gpt.distributed import (all_gather_tensor, all_reduce_mean, all_reduce_sum, barrier, get_rank, get_world_size,
                              shard, sync_gradients, wrap_model)
@@ -274,16 +274,3 @@ def _warn_if_config_changed(saved: dict | None, cfg: PretrainConfig) -> None:
         listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         print(f"note: resuming with a changed training config ({listing}); the run will differ from an "
               f"uninterrupted one")
-
-
-def plot_losses(history: History, path: str | Path, title: str = "pre-training") -> Path:
-    fig, ax = new_figure(figsize=(6, 3.6), dpi=100)
-    ax.plot(history.tokens, history.train_loss, label="train (last batch)")
-    ax.plot(history.tokens, history.val_loss, label="validation")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path)

@@ -17,18 +17,17 @@ What it does, in order:
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from classify.data import SMS_SPAM_FILE, SMS_SPAM_LABELS, load_sms_spam
+from common.cli import ArgumentParser, run_main
+from common.files import atomic_write
+from gpt.device import add_device_argument, pick_device
+from gpt.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
+from plots.figures import new_figure, save_figure
 
-from classify.data import SMS_SPAM_FILE, SMS_SPAM_LABELS, load_sms_spam  # noqa: E402
-from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
-from gpt.device import add_device_argument, pick_device  # noqa: E402
-from gpt.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # GPT-2's ids for two sentences of the book (chapter 2); tests/test_tokenizer.py checks them against tiktoken.
 REFERENCE_IDS = {
@@ -109,8 +108,8 @@ def plot_lengths(lengths: dict[str, list[int]], path: Path, clip: int = 128) -> 
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("texts", nargs="*", default=["Hello, world. Is this-- a test?", "LoRA on a laptop CPU"],
                    help="texts to encode (with --decode: token ids to decode)")
     p.add_argument("--decode", action="store_true", help="the arguments are token ids: print their text")
@@ -174,4 +173,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

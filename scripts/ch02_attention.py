@@ -22,23 +22,22 @@ for printing, plotting and results.json.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common.cli import ArgumentParser, parse_with_quick, run_main
+from common.files import atomic_write
+from gpt.attention import causal_attention
+from gpt.device import add_device_argument, pick_device, synchronize
+from gpt.model import convert_attention
+from gpt.pretrained import DEFAULT_BASE, load_base
+from gpt.tokenizer import get_tokenizer
+from plots.figures import new_figure, save_figure
 
-from classify.base import DEFAULT_BASE, load_base  # noqa: E402
-from gpt.attention import causal_attention  # noqa: E402
-from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
-from gpt.device import add_device_argument, pick_device, synchronize  # noqa: E402
-from gpt.model import convert_attention  # noqa: E402
-from gpt.tokenizer import get_tokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 QUICK = dict(model="random:gpt-tiny", repeats=3, timing_tokens=32)
 
@@ -99,8 +98,8 @@ def forward_ms(model, x: torch.Tensor, repeats: int) -> float:
     return 1e3 * best
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_BASE,
                    help="a gpt.checkpoint folder/file (the shipped data/gpt-mini), random[:preset], or gpt2-small..")
     p.add_argument("--text", default="Every effort moves you forward, one small step at a time.",
@@ -120,10 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = parse_with_quick(parser, QUICK, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -191,4 +187,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -25,23 +25,22 @@ a random generator on the device, so it differs from device to device.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common.cli import ArgumentParser, parse_with_quick, run_main
+from common.files import atomic_write
+from gpt.config import GPT2_CHECKPOINT_SETTINGS, PRESETS, GPTConfig
+from gpt.device import add_device_argument, pick_device
+from gpt.generate import generate_text
+from gpt.model import GPTModel
+from gpt.params import count_parameters, parameter_table, tied_parameters
+from gpt.pretrained import load_base
+from plots.figures import new_figure, save_figure
 
-from classify.base import load_base  # noqa: E402
-from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
-from gpt.config import GPT2_CHECKPOINT_SETTINGS, PRESETS, GPTConfig  # noqa: E402
-from gpt.device import add_device_argument, pick_device  # noqa: E402
-from gpt.generate import generate_text  # noqa: E402
-from gpt.model import GPTModel  # noqa: E402
-from gpt.params import count_parameters, parameter_table, tied_parameters  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 QUICK = dict(preset="gpt-tiny", max_new_tokens=5)
 KINDS = ("embeddings", "attention", "feed-forward", "layer norms", "output head")
@@ -99,8 +98,8 @@ def plot_by_kind(by_kind: dict[str, int], preset: str, path: Path) -> Path:
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="gpt2-small", choices=sorted(PRESETS), help="model size to count")
     p.add_argument("--released", action="store_true",
                    help="count --preset as OpenAI released it (qkv bias, tied head) instead of the book's config")
@@ -121,10 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = parse_with_quick(parser, QUICK, argv)
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     device = pick_device(args.device)  # checked first, even with --no-generate: a wrong device is an error
@@ -178,4 +174,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

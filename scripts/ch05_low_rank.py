@@ -39,18 +39,19 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from classify.data import spam_splits
+from classify.dataset import ClassificationDataset, make_loader
+from classify.model import add_classification_head, set_trainable
+from classify.train import evaluate, train_classifier
+from common.cli import ArgumentParser, parse_with_quick, run_main
+from common.files import atomic_write
+from gpt.device import add_device_argument, pick_device, use_bf16
+from gpt.pretrained import describe_base, load_base
+from lora import LoraConfig, apply_lora, full_parameter_count, lora_modules, lora_parameter_count
+from lora import scaling_factor
+from plots.figures import new_figure, save_figure
 
-from classify.base import describe_base, load_base  # noqa: E402
-from classify.data import spam_splits  # noqa: E402
-from classify.dataset import ClassificationDataset, make_loader  # noqa: E402
-from classify.model import add_classification_head, set_trainable  # noqa: E402
-from classify.train import evaluate, train_classifier  # noqa: E402
-from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
-from gpt.device import add_device_argument, pick_device, use_bf16  # noqa: E402
-from lora import LoraConfig, apply_lora, full_parameter_count, lora_modules, lora_parameter_count  # noqa: E402
-from lora import scaling_factor  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # --quick: a random gpt-tiny and a few steps (flags given explicitly still win).
 QUICK = dict(model="random:gpt-tiny", max_steps=6, eval_every=3)
@@ -277,8 +278,8 @@ def measure_delta_w(args, data: SpamData, out: Path, lora_model=None) -> dict:
 
 # ----------------------------------------------------------------------------- command line
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="data/gpt-mini", help="base: a gpt.checkpoint folder, gpt2-small..., random[:preset]")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank r of the scaling comparison")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha of the scaling comparison")
@@ -302,10 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = parse_with_quick(parser, QUICK, argv)
     for name in ("rank", "epochs", "full_epochs", "eval_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -342,4 +340,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

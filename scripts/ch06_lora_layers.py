@@ -24,24 +24,23 @@ then Apple MPS, then CPU), in float32.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from classify.base import DEFAULT_BASE, load_base  # noqa: E402
-from classify.model import add_classification_head  # noqa: E402
-from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
-from gpt.config import GPT2_CHECKPOINT_SETTINGS, PRESETS, GPTConfig  # noqa: E402
-from gpt.device import add_device_argument, pick_device  # noqa: E402
-from gpt.model import GPTModel  # noqa: E402
-from lora import (SCALINGS, LoraConfig, apply_lora, is_merged, lora_modules, lora_parameter_report,  # noqa: E402
+from classify.model import add_classification_head
+from common.cli import ArgumentParser, parse_with_quick, run_main
+from common.files import atomic_write
+from gpt.config import GPT2_CHECKPOINT_SETTINGS, PRESETS, GPTConfig
+from gpt.device import add_device_argument, pick_device
+from gpt.model import GPTModel
+from gpt.pretrained import DEFAULT_BASE, load_base
+from lora import (SCALINGS, LoraConfig, apply_lora, is_merged, lora_modules, lora_parameter_report,
                   lora_trainable_count, merge_lora, scaling_factor, unmerge_lora)
+from plots.figures import new_figure, save_figure
+
+ROOT = Path(__file__).resolve().parent.parent
 
 QUICK = dict(preset="gpt-tiny", model="random:gpt-tiny")
 SCALE_RANKS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -126,8 +125,8 @@ def plot_scales(alpha: float, path: Path) -> dict:
     return scales
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="gpt2-small", choices=sorted(PRESETS), help="model size to price LoRA on")
     p.add_argument("--released", action="store_true", help="price --preset as released (qkv bias, tied head)")
     p.add_argument("--attention", default="separate", choices=["separate", "fused"],
@@ -151,10 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = parse_with_quick(parser, QUICK, argv)
     if args.head_classes < 0 or args.head_classes == 1:
         raise ValueError(f"--head-classes must be 0 (keep the LM head) or >= 2, got {args.head_classes}")
     device = pick_device(args.device)
@@ -189,4 +185,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

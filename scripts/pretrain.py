@@ -21,8 +21,8 @@ those messages are held out for the validation loss. --corpus sms keeps only the
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -30,19 +30,21 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from classify.data import sha256_of, unlabelled_sms_for_pretraining
+from common.cli import ArgumentParser, UserError, parse_with_quick, run_main
+from common.files import atomic_write
+from gpt.checkpoint import load_model, save_model
+from gpt.config import GPTConfig
+from gpt.data import TokenWindows, tokenize_documents
+from gpt.device import add_device_argument, pick_device
+from gpt.distributed import cleanup, get_world_size, init_distributed, is_main_process
+from gpt.generate import generate_text
+from gpt.model import GPTModel
+from gpt.params import count_parameters
+from gpt.train import PretrainConfig, pretrain
+from plots.figures import plot_losses
 
-from classify.data import sha256_of, unlabelled_sms_for_pretraining  # noqa: E402
-from gpt.checkpoint import atomic_write, load_model, save_model  # noqa: E402
-from gpt.config import GPTConfig  # noqa: E402
-from gpt.data import TokenWindows, tokenize_documents  # noqa: E402
-from gpt.device import add_device_argument, pick_device  # noqa: E402
-from gpt.distributed import cleanup, get_world_size, init_distributed, is_main_process  # noqa: E402
-from gpt.generate import generate_text  # noqa: E402
-from gpt.model import GPTModel  # noqa: E402
-from gpt.params import count_parameters  # noqa: E402
-from gpt.train import PretrainConfig, plot_losses, pretrain  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PRETRAIN_DIR = ROOT / "data" / "pretrain"
 PROMPTS = ["Every effort moves you", "Congratulations! You have been selected to"]
@@ -96,7 +98,7 @@ def _init_checkpoint(spec: str) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--preset", default="gpt-mini", help="model size (see gpt/config.py PRESETS)")
     p.add_argument("--init", default=None,
                    help="continue pre-training from this checkpoint (a folder such as data/gpt-mini, or a .safetensors "
@@ -122,26 +124,54 @@ def main(argv=None):
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--ship", default=None, help="also write a float16 checkpoint + manifest.json + loss plot here")
     p.add_argument("--quick", action="store_true", help="tiny model, The Verdict, 20 steps: a smoke test (flags given explicitly win)")
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
+    args = parse_with_quick(p, QUICK, argv)
+    init = check_args(args)  # every argument, before any data is read or model built
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_distributed(pick_device(args.device))  # under torchrun: join the group (cuda:LOCAL_RANK on GPUs)
     try:
-        return _run(args, argv, device)
+        return _run(args, argv, device, init)
     finally:
         cleanup()
 
 
-def _run(args, argv, device):
+def check_args(args) -> dict | None:
+    """Refuse a bad argument with one message naming the flag, before anything is loaded or written.
+    Returns what --init names (see _init_checkpoint), or None."""
+    for flag in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "sms_repeat", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:  # None: the default (one pass, --eval-every, torch's threads)
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}"
+                            + ("; leave it out for one pass over the corpus" if flag == "max_steps" else ""))
+    if args.warmup_steps < 0:
+        raise UserError(f"--warmup-steps must be 0 or more, got {args.warmup_steps}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr must be a number > 0, got {args.lr}")
+    if not (math.isfinite(args.min_lr) and args.min_lr >= 0):
+        raise UserError(f"--min-lr must be a number >= 0, got {args.min_lr}")
+    if args.drop_rate is not None and not 0 <= args.drop_rate < 1:
+        raise UserError(f"--drop-rate must be in [0, 1), got {args.drop_rate}")
+    for flag in ("out", "ship"):
+        folder = getattr(args, flag)
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise UserError(f"--{flag} {folder} is a file; give a folder (it is created if missing)")
+    # The checks that the library makes anyway, made now: a wrong preset, a batch that does not split
+    # into --grad-accum micro-batches, an unknown device (each a ValueError naming the problem).
+    if args.init is None:
+        GPTConfig.from_preset(args.preset)
+    PretrainConfig(max_steps=args.max_steps or 1, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                   min_lr=args.min_lr, warmup_steps=args.warmup_steps, eval_every=args.eval_every,
+                   save_every=args.save_every or args.eval_every)
+    pick_device(args.device)
+    return _init_checkpoint(args.init) if args.init else None
+
+
+def _run(args, argv, device, init):
     main_process = is_main_process()
     log = print if main_process else (lambda *a, **k: None)  # only rank 0 prints
     torch.manual_seed(args.seed)  # the same initial weights in every process
 
     overrides = {} if args.drop_rate is None else {"drop_rate": args.drop_rate}
-    init = _init_checkpoint(args.init) if args.init else None
     if init is not None:  # continued pre-training: the checkpoint's config and weights (fp16 ships are upcast)
         model = load_model(init["path"], **overrides)
         cfg, name = model.cfg, init["name"]
@@ -152,7 +182,7 @@ def _run(args, argv, device):
     window = cfg.context_length
     train_data = TokenWindows(tokenize_documents(train_texts), window)
     val_data = TokenWindows(tokenize_documents(val_texts), window)
-    max_steps = args.max_steps or len(train_data) // args.batch_size
+    max_steps = args.max_steps if args.max_steps is not None else len(train_data) // args.batch_size  # one pass
     tcfg = PretrainConfig(max_steps=max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                           min_lr=args.min_lr, warmup_steps=args.warmup_steps, eval_every=args.eval_every,
                           save_every=args.save_every or args.eval_every, seed=args.seed,
@@ -213,4 +243,4 @@ def _run(args, argv, device):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import parse_with_quick
+from common.cli import ArgumentParser, parse_with_quick
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,3 +89,17 @@ def test_quick_sets_defaults_and_explicit_flags_still_win():
     assert vars(parse_with_quick(p, quick, [])) == {"steps": 1000, "preset": "gpt-mini", "quick": False}
     assert vars(parse_with_quick(p, quick, ["--quick", "--steps", "5"])) == {"steps": 5, "preset": "gpt-tiny",
                                                                            "quick": True}
+
+
+def test_a_bad_flag_value_is_one_line_and_exit_code_2(capsys):
+    p = ArgumentParser(prog="train.py")
+    p.add_argument("--rank", type=int, default=8)
+    for argv, message in ((["--rank", "abc"], "argument --rank: invalid int value: 'abc'"),
+                          (["--rnak", "4"], "unrecognized arguments: --rnak 4"),
+                          (["--rank"], "argument --rank: expected one argument")):
+        with pytest.raises(SystemExit) as stop:
+            p.parse_args(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and "usage" not in err
+        assert err == f"error: {message} (see train.py --help)\n"
+    assert p.parse_args(["--rank", "3"]).rank == 3

@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import save_file
 
 import gpt.checkpoint as checkpoint
-from gpt.checkpoint import (atomic_write, load_model, load_training_state, remove_orphaned_temp_files, save_model,
-                            save_training_state)
+from common.files import atomic_write, remove_orphaned_temp_files
+from gpt.checkpoint import load_model, load_training_state, save_model, save_training_state
 from gpt.config import GPTConfig
 from gpt.model import GPTModel
 
@@ -146,7 +146,7 @@ def test_orphaned_temp_files_removed_only_when_their_writer_is_gone(tmp_path):
     other = tmp_path / f".model.safetensors.json.{dead_pid}.ijkl9012.tmp"  # another target's file
     for p in (orphan, live, other):
         p.write_bytes(b"partial")
-    assert remove_orphaned_temp_files(target) == [orphan]
+    assert remove_orphaned_temp_files(tmp_path, target.name) == [orphan]
     assert not orphan.exists() and live.exists() and other.exists()
 
 
@@ -266,7 +266,8 @@ def test_no_unsafe_loading_in_the_project():
     """Every torch.load in the project's code and notebooks passes weights_only=True; nothing
     unpickles (pickle, dill, cloudpickle)."""
     offenders = []
-    sources = [p for folder in ("gpt", "lora", "classify", "scripts", "benchmarks", "notebooks", "solutions")
+    sources = [p for folder in ("common", "gpt", "lora", "classify", "plots", "scripts", "benchmarks", "notebooks",
+                                                  "solutions")
                for pattern in ("*.py", "*.ipynb") for p in (ROOT / folder).rglob(pattern)]
     assert any(p.name == "checkpoint.py" for p in sources)
     for path in sources:

@@ -1,4 +1,4 @@
-"""Which pre-trained model a classifier starts from, named by one string.
+"""Which pre-trained model to start from, named by one string (every chapter, script and fine-tuning run).
 
     "data/gpt-mini"           the model pre-trained offline and shipped in the repo (the default),
                               or any folder/file written by gpt.checkpoint.save_model
@@ -7,9 +7,9 @@
     "random", "random:gpt-tiny" a randomly initialised model of a preset (default gpt-mini), drawn
                               from torch.manual_seed(seed): the control that shows what pre-training buys
 
-The string is saved with a trained classifier (classifier.json) so that scripts/classify.py
-rebuilds exactly the same base; a random base is rebuilt from its seed, and the LoRA
-adapter's fingerprint of the base weights (lora/adapters.py) checks that it really is the same.
+A fine-tuned model saves the string it started from, so that the same base can be rebuilt later
+exactly; a random base is rebuilt from its seed. (A saved adapter also carries a fingerprint of the
+base weights, which checks that it really is the same base.)
 """
 
 from __future__ import annotations

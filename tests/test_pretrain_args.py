@@ -1,0 +1,46 @@
+"""scripts/pretrain.py checks every argument before it loads any data or builds a model, and refuses a
+bad one in one line (exit code 2, no traceback)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _scripts import load_script
+
+from common.cli import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-steps", "0"], r"--max-steps must be at least 1, got 0"),  # 0 once meant "one full pass"
+    (["--max-steps", "-3"], r"--max-steps must be at least 1, got -3"),
+    (["--batch-size", "0"], r"--batch-size must be at least 1, got 0"),
+    (["--grad-accum", "-1"], r"--grad-accum must be at least 1, got -1"),
+    (["--eval-every", "0"], r"--eval-every must be at least 1, got 0"),
+    (["--save-every", "0"], r"--save-every must be at least 1, got 0"),
+    (["--sms-repeat", "0"], r"--sms-repeat must be at least 1, got 0"),
+    (["--threads", "0"], r"--threads must be at least 1, got 0"),
+    (["--warmup-steps", "-1"], r"--warmup-steps must be 0 or more, got -1"),
+    (["--lr", "0"], r"--lr must be a number > 0, got 0.0"),
+    (["--lr", "nan"], r"--lr must be a number > 0, got nan"),
+    (["--min-lr=-1e-4"], r"--min-lr must be a number >= 0, got -0.0001"),
+    (["--drop-rate", "1"], r"--drop-rate must be in \[0, 1\), got 1.0"),
+])
+def test_pretrain_refuses_bad_arguments_before_loading_any_data(tmp_path, monkeypatch, flags, message):
+    pretrain = load_script("pretrain")
+    monkeypatch.setattr(pretrain, "build_corpus", lambda *a, **k: pytest.fail("data loaded before the arguments were checked"))
+    with pytest.raises(UserError, match=message):
+        pretrain.main(["--quick", *flags, "--out", str(tmp_path / "run")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pretrain_max_steps_zero_is_one_line_and_exit_code_2(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain.py"), "--quick", "--max-steps", "0",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "LORA_DEBUG": ""})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: --max-steps must be at least 1, got 0") and done.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
