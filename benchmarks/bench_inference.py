@@ -37,9 +37,9 @@ from benchmarks.setups import shape_config, sharing_copy
 from gpt.model import GPTModel
 from gpt.params import count_parameters
 from lora import LoraConfig, apply_lora, lora_modules, merge_lora
-from lora.bottleneck_adapter import apply_bottleneck_adapters
-from lora.dora import apply_dora, merge_dora
-from lora.prefix_tuning import apply_prefix_tuning
+from peft_methods.bottleneck_adapter import apply_bottleneck_adapters
+from peft_methods.dora import apply_dora, merge_dora
+from peft_methods.prefix_tuning import apply_prefix_tuning
 
 NAME = "inference"
 MODULE = "benchmarks.bench_inference"

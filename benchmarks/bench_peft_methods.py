@@ -46,9 +46,9 @@ from classify.model import add_classification_head, set_trainable
 from classify.train import evaluate, train_classifier
 from gpt.params import count_parameters
 from lora import LoraConfig, apply_lora, merge_lora
-from lora.bottleneck_adapter import apply_bottleneck_adapters
-from lora.dora import apply_dora, merge_dora
-from lora.prefix_tuning import apply_prefix_tuning, context_left, init_prefix_from_tokens
+from peft_methods.bottleneck_adapter import apply_bottleneck_adapters
+from peft_methods.dora import apply_dora, merge_dora
+from peft_methods.prefix_tuning import apply_prefix_tuning, context_left, init_prefix_from_tokens
 
 NAME = "peft_methods"
 MODULE = "benchmarks.bench_peft_methods"

@@ -160,25 +160,46 @@ def _config_from_shapes(hf_sd: dict, weights: Path, n_heads: int | None = None) 
 
 # ----------------------------------------------------------------------------- the name mapping
 
+# transformers' GPT-2 module names -> ours: the one map, used for checkpoints here and for adapters
+# (lora.peft_format, given gpt2_module_names) and by benchmarks/bench_peers.py.
+GPT2_TOP_MODULES = {"wte": "tok_emb", "wpe": "pos_emb", "ln_f": "final_norm"}
+GPT2_BLOCK_MODULES = {  # inside block i: h.{i}.<key> -> trf_blocks.{i}.<value> (fused layout)
+    "ln_1": "norm1", "attn.c_attn": "att.qkv", "attn.c_proj": "att.out_proj",
+    "ln_2": "norm2", "mlp.c_fc": "ff.layers.0", "mlp.c_proj": "ff.layers.2",
+}
+GPT2_SEPARATE_QKV = ("att.W_query", "att.W_key", "att.W_value")  # c_attn's column blocks [q | k | v], separate layout
+
+
+def gpt2_module_names(cfg: GPTConfig) -> dict[str, str | tuple[str, str, str]]:
+    """Module names of transformers' GPT2LMHeadModel -> ours in GPTModel(cfg).
+
+    {"transformer.h.0.attn.c_attn": "trf_blocks.0.att.qkv", ..., "lm_head": "out_head"}; in the
+    separate layout c_attn maps to the three names ("trf_blocks.0.att.W_query", "...W_key",
+    "...W_value") of its output's three equal column blocks.
+    """
+    names: dict[str, str | tuple[str, str, str]] = {PREFIX + hf: ours for hf, ours in GPT2_TOP_MODULES.items()}
+    for i in range(cfg.n_layers):
+        for hf, ours in GPT2_BLOCK_MODULES.items():
+            if hf == "attn.c_attn" and cfg.attention == "separate":
+                names[f"{PREFIX}h.{i}.{hf}"] = tuple(f"trf_blocks.{i}.{q}" for q in GPT2_SEPARATE_QKV)
+            else:
+                names[f"{PREFIX}h.{i}.{hf}"] = f"trf_blocks.{i}.{ours}"
+    names["lm_head"] = "out_head"
+    return names
+
+
 def _name_map(cfg: GPTConfig) -> list[tuple[str, str, bool]]:
     """(OpenAI name, our name in the *fused* layout, is it a Conv1D weight to transpose)."""
-    names = [("wte.weight", "tok_emb.weight", False), ("wpe.weight", "pos_emb.weight", False)]
+    names = [(f"{hf}.weight", f"{GPT2_TOP_MODULES[hf]}.weight", False) for hf in ("wte", "wpe")]
     for i in range(cfg.n_layers):
-        hf, ours = f"h.{i}.", f"trf_blocks.{i}."
-        names += [
-            (hf + "ln_1.weight", ours + "norm1.scale", False),
-            (hf + "ln_1.bias", ours + "norm1.shift", False),
-            (hf + "attn.c_attn.weight", ours + "att.qkv.weight", True),
-            *([(hf + "attn.c_attn.bias", ours + "att.qkv.bias", False)] if cfg.qkv_bias else []),
-            (hf + "attn.c_proj.weight", ours + "att.out_proj.weight", True),
-            (hf + "attn.c_proj.bias", ours + "att.out_proj.bias", False),
-            (hf + "ln_2.weight", ours + "norm2.scale", False),
-            (hf + "ln_2.bias", ours + "norm2.shift", False),
-            (hf + "mlp.c_fc.weight", ours + "ff.layers.0.weight", True),
-            (hf + "mlp.c_fc.bias", ours + "ff.layers.0.bias", False),
-            (hf + "mlp.c_proj.weight", ours + "ff.layers.2.weight", True),
-            (hf + "mlp.c_proj.bias", ours + "ff.layers.2.bias", False),
-        ]
+        for hf, ours in GPT2_BLOCK_MODULES.items():
+            hf, ours = f"h.{i}.{hf}", f"trf_blocks.{i}.{ours}"
+            if hf.endswith(("ln_1", "ln_2")):  # LayerNorm: weight, bias -> scale, shift
+                names += [(hf + ".weight", ours + ".scale", False), (hf + ".bias", ours + ".shift", False)]
+                continue
+            names.append((hf + ".weight", ours + ".weight", True))
+            if cfg.qkv_bias or not hf.endswith("attn.c_attn"):
+                names.append((hf + ".bias", ours + ".bias", False))
     names += [("ln_f.weight", "final_norm.scale", False), ("ln_f.bias", "final_norm.shift", False)]
     if not cfg.tie_weights:
         names.append(("lm_head.weight", "out_head.weight", False))
@@ -312,4 +333,5 @@ def load_gpt2(source: str | Path, attention: str = "separate", device: str | tor
     return model.to(device).eval()
 
 
-__all__ = ["load_gpt2", "load_gpt2_state_dict", "gpt2_config_from_hf", "hf_to_gpt_state_dict", "resolve_checkpoint"]
+__all__ = ["load_gpt2", "load_gpt2_state_dict", "gpt2_config_from_hf", "hf_to_gpt_state_dict", "resolve_checkpoint",
+           "gpt2_module_names", "GPT2_TOP_MODULES", "GPT2_BLOCK_MODULES", "GPT2_SEPARATE_QKV"]

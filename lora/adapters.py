@@ -20,19 +20,18 @@ reported to PEFT: adapters loaded with other flags than they were trained with).
 made for another base (other config, other weights), another rank or shape, a missing or
 corrupt file: each a ValueError / FileNotFoundError that says which.
 
-Files are written atomically (temporary file in the same folder, then os.replace), so an
-interrupted save never leaves a half-written file behind; and since the weights file carries
+Files are written atomically with common.files (a temporary file `.{name}.{pid}.{random}.tmp`
+in the same folder, then os.replace; a killed save's leftovers are removed by the next save to
+the same place), so an interrupted save never leaves a half-written file behind; and since the weights file carries
 its own config, an interruption between the two files of a folder leaves a complete adapter
 (the new one, with a stale JSON copy that loading warns about). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -41,14 +40,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
-from lora.apply import (_check_adapter, _saved_modules, active_adapter, adapter_configs, add_adapter, base_parameters,
-                        delete_adapter, lora_state_dict, mark_only_active_adapter_trainable, merged_adapters)
+from common.files import atomic_write_bytes, remove_orphaned_temp_files
+from lora.apply import (active_adapter, adapter_configs, add_adapter, check_adapter, delete_adapter,
+                        mark_only_active_adapter_trainable, merged_adapters)
 from lora.config import LoraConfig
+from lora.state_dict import base_parameters, lora_state_dict
+from lora.targets import saved_modules
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 FORMAT = "lora-from-scratch-adapter"
 FORMAT_VERSION = 1
+PEFT_WEIGHTS = "adapter_model.safetensors"  # what PEFT's save_pretrained writes next to its adapter_config.json
+PEFT_IMPORT_HINT = ("import it with lora.import_peft_adapter(model, path, module_names) (for transformers' GPT-2: "
+                    "module_names=gpt.weights.gpt2_module_names(model.cfg))")
 # GPTConfig fields that change the weights' names or shapes (drop_rate and sdpa do not).
 _ARCHITECTURE_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias",
                         "attention", "tie_weights")
@@ -57,25 +62,6 @@ _ARCHITECTURE_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     t = t.detach().to("cpu").contiguous()
@@ -126,7 +112,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = N
     name = name or active_adapter(model)
     if name is None:
         raise ValueError("this model has no LoRA adapter to save; apply_lora first")
-    _check_adapter(model, name)
+    check_adapter(model, name)
     if merged_adapters(model):
         raise ValueError(f"adapter(s) {sorted(merged_adapters(model))} are merged into the base weights; "
                          f"unmerge_lora(model) before saving (the base fingerprint must be of the unmerged base)")
@@ -147,7 +133,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = N
         "lora": adapter_configs(model)[name].to_dict(),
         "lora_modules": sorted({k.rsplit(".", 1)[0] for k in tensors if k.endswith((".lora_A", ".lora_B"))}),
         "modules_to_save": {n: {k[len(n) + 1:]: list(v.shape) for k, v in tensors.items() if k.startswith(n + ".")}
-                            for n, m in _saved_modules(model) if name in m.modules_to_save},
+                            for n, m in saved_modules(model) if name in m.modules_to_save},
         "base_model": {
             "class": type(model).__name__,
             "gpt_config": gpt_cfg.to_dict() if hasattr(gpt_cfg, "to_dict") else None,
@@ -159,6 +145,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = N
     # (written atomically). adapter_config.json, written second, is a readable copy; a save
     # interrupted between the two files leaves a stale copy, which loading notices and ignores.
     blob = save(tensors, metadata={"format": "pt", "adapter_config": json.dumps(config, sort_keys=True)})
+    for target in (weights_path, config_path):
+        if target is not None:
+            remove_orphaned_temp_files(target.parent, name=target.name)  # what a killed earlier save left
     atomic_write_bytes(weights_path, blob)
     if config_path is not None:
         atomic_write_bytes(config_path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
@@ -188,6 +177,9 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     edit), a warning says so and the weights file's own config is used.
     """
     weights_path, config_path = _adapter_files(path)
+    if config_path is not None and not weights_path.is_file() and (Path(path) / PEFT_WEIGHTS).is_file():
+        raise ValueError(f"{path} holds a PEFT adapter ({PEFT_WEIGHTS} + {ADAPTER_CONFIG}), not one written by "
+                         f"save_adapter; {PEFT_IMPORT_HINT}")
     if not weights_path.is_file():
         where = f"{ADAPTER_WEIGHTS} (and {ADAPTER_CONFIG})" if config_path else "a .safetensors file"
         raise FileNotFoundError(f"no LoRA adapter at {path}: {weights_path} is missing (expected {where})")
@@ -200,7 +192,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         found = config.get("format") if isinstance(config, dict) else None
         raise ValueError(f"{weights_path} is not a {FORMAT} (no adapter config in its metadata, format field: "
-                         f"{found!r}); a PEFT adapter? Load those with peft.PeftModel.from_pretrained")
+                         f"{found!r}); if it is a PEFT adapter: {PEFT_IMPORT_HINT}")
     if config.get("tensors_sha256") != tensors_digest(tensors):
         raise ValueError(f"{weights_path}: the tensor data does not match the sha256 recorded when it was saved "
                          f"(the file is corrupt)")
@@ -239,7 +231,7 @@ def _check_base(model: nn.Module, config: dict) -> None:
         return
     # Modules the adapter brings its own copy of (a new head) are not part of the base it needs;
     # neither are this model's own modules to save.
-    skip = tuple(config.get("modules_to_save", {})) + tuple(n for n, _ in _saved_modules(model))
+    skip = tuple(config.get("modules_to_save", {})) + tuple(n for n, _ in saved_modules(model))
     fp = base_fingerprint(model, exclude=skip)
     if fp is None:
         return
@@ -304,7 +296,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
 
 
 def _restore_heads(model, name, config, tensors):
-    for mname, m in _saved_modules(model):
+    for mname, m in saved_modules(model):
         if name not in m.modules_to_save:
             continue
         copy = m.modules_to_save[name]

@@ -13,7 +13,6 @@ can price a configuration on paper (GPT-2 124M, r=8 on query and value: 294,912)
 
 from __future__ import annotations
 
-from gpt.config import GPTConfig
 from lora.config import QKV_ALIASES, TARGET_ALIASES, LoraConfig
 
 
@@ -41,22 +40,30 @@ def reduction(d_in: int, d_out: int, rank: int) -> float:
     return 1.0 - lora_parameter_count(d_in, d_out, rank) / full_parameter_count(d_in, d_out)
 
 
-def _layer_shapes(cfg: GPTConfig, alias: str) -> list[tuple[int, int]]:
-    d = cfg.emb_dim
+def _layer_shapes(d: int, alias: str) -> list[tuple[int, int]]:
     shapes = {"query": [(d, d)], "key": [(d, d)], "value": [(d, d)], "out_proj": [(d, d)],
               "ff_in": [(d, 4 * d)], "ff_out": [(4 * d, d)], "ff": [(d, 4 * d), (4 * d, d)]}
     return shapes[alias]
 
 
-def lora_trainable_count(gpt_cfg: GPTConfig, lora_cfg: LoraConfig, head_out_features: int | None = None,
+def lora_trainable_count(gpt_cfg, lora_cfg: LoraConfig, head_out_features: int | None = None,
                          head_bias: bool = False) -> int:
     """Trainable parameters after `apply_lora(GPTModel(gpt_cfg), lora_cfg)`, computed on paper.
 
-    The output head is (emb_dim -> vocab_size, no bias) unless you replaced it: pass its
-    `head_out_features` (2 for a spam classifier) and `head_bias`. Works for both attention
-    layouts (a fused qkv with LoRA on q and v trains exactly what W_query + W_value would).
-    Only aliases are priced here; module-name suffixes need the model (lora_parameter_report).
+    gpt_cfg: anything with the attributes emb_dim, n_layers and vocab_size (a GPTConfig, or a
+    SimpleNamespace): the GPT's shapes, as plain ints. The output head is (emb_dim -> vocab_size,
+    no bias) unless you replaced it: pass its `head_out_features` (2 for a spam classifier) and
+    `head_bias`. Works for both attention layouts (a fused qkv with LoRA on q and v trains
+    exactly what W_query + W_value would). Only aliases at one rank are priced here; module-name
+    suffixes and rank patterns need the model (lora_parameter_report).
     """
+    missing = [a for a in ("emb_dim", "n_layers", "vocab_size") if not isinstance(getattr(gpt_cfg, a, None), int)]
+    if missing:
+        raise TypeError(f"lora_trainable_count needs a config with integer {missing} (a GPTConfig), "
+                        f"got {type(gpt_cfg).__name__}")
+    if lora_cfg.rank_pattern:
+        raise ValueError("lora_trainable_count prices one rank for every layer; this config has a rank_pattern: "
+                         "build the model and use lora_parameter_report")
     r, d = lora_cfg.rank, gpt_cfg.emb_dim
     head_out = gpt_cfg.vocab_size if head_out_features is None else head_out_features
     aliases = set()
@@ -75,7 +82,7 @@ def lora_trainable_count(gpt_cfg: GPTConfig, lora_cfg: LoraConfig, head_out_feat
         raise ValueError(f"lora_trainable_count only knows the module to save 'out_head', got {sorted(saved)}")
 
     per_block = sum(lora_parameter_count(d_in, d_out, r)
-                    for alias in sorted(aliases - {"out_head"}) for d_in, d_out in _layer_shapes(gpt_cfg, alias))
+                    for alias in sorted(aliases - {"out_head"}) for d_in, d_out in _layer_shapes(d, alias))
     total = gpt_cfg.n_layers * per_block
     if "out_head" in aliases:
         total += lora_parameter_count(d, head_out, r)

@@ -14,6 +14,7 @@ as it was, and only the product A B is ever added to the layer's output.
 
 Each wrapper holds its branches in a ModuleDict keyed by adapter name ("default" unless you
 add more; see lora/apply.py), can merge a branch into the frozen weight and unmerge it again.
+Which branch runs is read from the registry the wrapper shares with its model (lora/registry.py).
 
 Parameter names are PEFT's: `lora_A`, `lora_B`. Layout note: we store A as (d_in, r) and
 B as (r, d_out), so the branch reads `x @ A @ B` like the book; PEFT stores them as the weights
@@ -36,7 +37,8 @@ import math
 import torch
 from torch import nn
 
-from lora.config import check_lora_hyperparameters, scaling_factor
+from lora.config import check_lora_hyperparameters, scaling_factor, validate_rank
+from lora.registry import LoraAdapters
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int, bool]:
@@ -55,12 +57,6 @@ def linear_dims(module: nn.Module) -> tuple[int, int, bool]:
         d_in, d_out = module.weight.shape
         return d_in, d_out, True
     raise TypeError(f"LoRA wraps nn.Linear (or transformers' Conv1D) layers, got {type(module).__name__}")
-
-
-def _check_rank_fits(rank: int, d_in: int, d_out: int) -> None:
-    if rank > min(d_in, d_out):
-        raise ValueError(f"LoRA rank {rank} is larger than min(d_in={d_in}, d_out={d_out}) = {min(d_in, d_out)}: "
-                         f"the update would not be low-rank (and costs more than the full weight)")
 
 
 def _adapter_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -89,8 +85,8 @@ class LoRALayer(nn.Module):
                  scaling: str = "alpha/r", device=None, dtype=None, check_rank: bool = True):
         super().__init__()
         check_lora_hyperparameters(rank, alpha, dropout, scaling)
-        if check_rank:  # off only for the book's replace_linear_with_lora (see there) and reloading its adapters
-            _check_rank_fits(rank, in_dim, out_dim)
+        # fits=False only for the book's replace_linear_with_lora (see there) and reloading its adapters
+        validate_rank(rank, in_dim, out_dim, f"a LoRALayer({in_dim} -> {out_dim})", fits=check_rank)
         self.rank, self.alpha, self.scaling = rank, float(alpha), scaling
         # Scaling convention: alpha / r (LoRA paper, PEFT). The book's first printing computed
         # alpha * (x @ A @ B) without dividing by r: at r=16, alpha=16 that update is 16x larger
@@ -143,7 +139,7 @@ class QKVLoRALayer(nn.Module):
         enable = tuple(bool(e) for e in enable)
         if len(enable) != 3 or not any(enable):
             raise ValueError(f"enable must be three booleans (query, key, value) with at least one True, got {enable}")
-        _check_rank_fits(rank, in_dim, out_slice)
+        validate_rank(rank, in_dim, out_slice, f"a fused qkv projection ({in_dim} -> 3 x {out_slice})")
         self.rank, self.alpha, self.scaling, self.enable = rank, float(alpha), scaling, enable
         self.scale = scaling_factor(alpha, rank, scaling)
         n = sum(enable)
@@ -176,20 +172,40 @@ class QKVLoRALayer(nn.Module):
 
 class LoRAWrapper(nn.Module):
     """What LinearWithLoRA and FusedQKVWithLoRA share: the frozen base layer `linear`, branches
-    `lora[adapter_name]`, which one is active, which are merged into the base weight."""
+    `lora[adapter_name]`, which branches are merged into the base weight, and the registry
+    (lora/registry.py) that says which adapter is active: the model's, once apply_lora put the
+    wrapper in, or one of its own for a wrapper made by hand.
 
-    def __init__(self, linear: nn.Module, freeze_base: bool = True):
+    `layer_name` (the module's name in its model, set by apply_lora) only makes messages clearer.
+    """
+
+    def __init__(self, linear: nn.Module, freeze_base: bool = True, registry: LoraAdapters | None = None,
+                 layer_name: str | None = None):
         super().__init__()
         self.d_in, self.d_out, self.fan_in_fan_out = linear_dims(linear)
         self.linear = linear
         self.lora = nn.ModuleDict()
-        self.active_adapter: str | None = None  # the branch forward adds (None: none)
+        self.registry = LoraAdapters() if registry is None else registry
+        self.layer_name = layer_name
         self.merged_adapters: list[str] = []  # branches already added into linear.weight
-        self.disabled = False  # True: forward is the base layer only
         self.train(linear.training)  # follow the wrapped layer's train/eval mode
         if freeze_base:
             for p in linear.parameters():
                 p.requires_grad_(False)
+
+    @property
+    def active_adapter(self) -> str | None:
+        """The branch forward adds (None: none); the registry's, shared with the model."""
+        return self.registry.active
+
+    @property
+    def disabled(self) -> bool:
+        """True: forward is the base layer only (disable_adapters)."""
+        return self.registry.disabled
+
+    def describe(self) -> str:
+        """How messages name this layer: its module name, or its type and shape."""
+        return self.layer_name or f"{type(self).__name__}({type(self.linear).__name__} {self.d_in} -> {self.d_out})"
 
     def _new_branch(self, name: str, branch: nn.Module) -> None:
         if not isinstance(name, str) or not name or "." in name:
@@ -199,16 +215,16 @@ class LoRAWrapper(nn.Module):
                              f"twice to one layer (use another adapter name to add a second adapter)")
         branch.train(self.training)  # a branch added to a model in eval() mode must not run dropout
         self.lora[name] = branch
-        if self.active_adapter is None:
-            self.active_adapter = name
+        if self.registry.active is None:
+            self.registry.active = name
 
     def _branch_kwargs(self):
         return dict(device=self.linear.weight.device, dtype=_adapter_dtype(self.linear.weight))
 
     def _live_branch(self):
         """The branch forward must add, or None (disabled, no adapter here, or merged already)."""
-        name = self.active_adapter
-        if self.disabled or name is None or name in self.merged_adapters or name not in self.lora:
+        name = self.registry.active
+        if self.registry.disabled or name is None or name in self.merged_adapters or name not in self.lora:
             return None
         return self.lora[name]
 
@@ -249,14 +265,15 @@ class LinearWithLoRA(LoRAWrapper):
 
     def __init__(self, linear: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
                  scaling: str = "alpha/r", adapter_name: str = "default", freeze_base: bool = True,
-                 check_rank: bool = True):
-        super().__init__(linear, freeze_base=freeze_base)
+                 check_rank: bool = True, registry: LoraAdapters | None = None, layer_name: str | None = None):
+        super().__init__(linear, freeze_base=freeze_base, registry=registry, layer_name=layer_name)
         self.add_adapter(adapter_name, rank, alpha, dropout, scaling, check_rank=check_rank)
 
     def add_adapter(self, name: str, rank: int, alpha: float, dropout: float = 0.0, scaling: str = "alpha/r",
                     check_rank: bool = True):
+        validate_rank(rank, self.d_in, self.d_out, self.describe(), fits=check_rank)
         branch = LoRALayer(self.d_in, self.d_out, rank, alpha, dropout, scaling, **self._branch_kwargs(),
-                           check_rank=check_rank)
+                           check_rank=False)  # checked just above, naming this layer
         self._new_branch(name, branch)
         return branch
 
@@ -285,8 +302,8 @@ class FusedQKVWithLoRA(LoRAWrapper):
 
     def __init__(self, linear: nn.Module, rank: int, alpha: float, enable=(True, False, True),
                  dropout: float = 0.0, scaling: str = "alpha/r", adapter_name: str = "default",
-                 freeze_base: bool = True):
-        super().__init__(linear, freeze_base=freeze_base)
+                 freeze_base: bool = True, registry: LoraAdapters | None = None, layer_name: str | None = None):
+        super().__init__(linear, freeze_base=freeze_base, registry=registry, layer_name=layer_name)
         if self.d_out % 3 != 0:
             raise ValueError(f"a fused qkv projection has an output width divisible by 3, got {self.d_out}")
         self.d = self.d_out // 3
@@ -294,6 +311,7 @@ class FusedQKVWithLoRA(LoRAWrapper):
 
     def add_adapter(self, name: str, rank: int, alpha: float, enable=(True, False, True), dropout: float = 0.0,
                     scaling: str = "alpha/r"):
+        validate_rank(rank, self.d_in, self.d, self.describe())  # each slice is d_in -> d
         branch = QKVLoRALayer(self.d_in, self.d, rank, alpha, enable, dropout, scaling, **self._branch_kwargs())
         self._new_branch(name, branch)
         return branch

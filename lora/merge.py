@@ -23,51 +23,53 @@ from __future__ import annotations
 
 from torch import nn
 
-from gpt.params import tied_parameters
-from lora.apply import _check_adapter, active_adapter, adapter_configs, lora_modules
-
-
-def _active(model: nn.Module) -> str | None:
-    """The model's active adapter; for LoRA layers put in by hand (no apply_lora), theirs."""
-    name = active_adapter(model)
-    if name is None:
-        names = {m.active_adapter for _, m in lora_modules(model)}
-        name = names.pop() if len(names) == 1 else None
-    return name
+from lora.apply import check_adapter
+from lora.registry import registry_of
+from lora.targets import lora_modules
 
 
 def _layers_of(model: nn.Module, adapter_name: str | None):
-    name = adapter_name or _active(model)
+    name = adapter_name or registry_of(model).active
     if name is None:
         raise ValueError("this model has no LoRA adapter to merge; apply_lora first")
-    if adapter_configs(model):
-        _check_adapter(model, name)
+    check_adapter(model, name)
     layers = [(n, m) for n, m in lora_modules(model) if name in m.lora]
     if not layers:
         raise ValueError(f"no LoRA layer of this model has an adapter named {name!r}")
     return name, layers
 
 
+def shared_with(model: nn.Module, name: str) -> list[str]:
+    """The other parameter names of `model` whose tensor shares storage with parameter `name`
+    (GPT-2's output head tied to the token embedding); checked with data_ptr(), not assumed."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    p = params[name]
+    if p.is_meta:
+        return [n for n, q in params.items() if q is p and n != name]
+    return [n for n, q in params.items() if n != name and not q.is_meta and q.device == p.device
+            and q.data_ptr() == p.data_ptr()]
+
+
 def merge_lora(model: nn.Module, adapter_name: str | None = None) -> nn.Module:
     """Add the active adapter's update into the base weights (in place); returns the model."""
     name, layers = _layers_of(model, adapter_name)
-    if name != _active(model):
+    active = registry_of(model).active
+    if name != active:
         raise ValueError(f"only the active adapter can be merged; call set_active_adapter(model, {name!r}) first "
-                         f"(active: {_active(model)!r})")
-    if any(m.disabled for _, m in layers):
+                         f"(active: {active!r})")
+    if registry_of(model).disabled:
         raise ValueError("adapters are disabled (disable_adapters); enable them before merging")
     already = [n for n, m in layers if name in m.merged_adapters]
     if already:
         raise ValueError(f"LoRA adapter {name!r} is already merged (e.g. into {already[0]}); merging again would "
                          f"add the update twice. Call unmerge_lora(model) first")
-    tied = {n: group for group in tied_parameters(model) for n in group}
     for n, m in layers:
-        group = tied.get(f"{n}.linear.weight")
-        if group:
-            others = [g for g in group if g != f"{n}.linear.weight"]
-            raise ValueError(f"cannot merge LoRA into {n}: its weight is tied to {others} (shared storage); "
-                             f"merging would silently change those too. Keep this adapter unmerged, or untie "
-                             f"the weight explicitly first")
+        weight = f"{n}.linear.weight" if n else "linear.weight"
+        others = shared_with(model, weight)
+        if others:
+            raise ValueError(f"cannot merge LoRA into {n or 'this layer'}: its weight is tied to {others} (shared "
+                             f"storage); merging would silently change those too. Keep this adapter unmerged, or "
+                             f"untie the weight explicitly first")
     for _, m in layers:
         m.merge(name)
     return model

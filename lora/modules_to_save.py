@@ -19,16 +19,17 @@ import copy
 
 from torch import nn
 
+from lora.registry import LoraAdapters
+
 
 class ModulesToSaveWrapper(nn.Module):
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, registry: LoraAdapters | None = None):
         super().__init__()
         if isinstance(module, ModulesToSaveWrapper):
             raise ValueError("this module is already wrapped as a module to save")
         self.original_module = module
         self.modules_to_save = nn.ModuleDict()
-        self.active_adapter: str | None = None
-        self.disabled = False
+        self.registry = LoraAdapters() if registry is None else registry  # the model's (lora/registry.py)
         self.train(module.training)
         for p in module.parameters():
             p.requires_grad_(False)
@@ -42,9 +43,17 @@ class ModulesToSaveWrapper(nn.Module):
         for p in new.parameters():
             p.requires_grad_(True)
         self.modules_to_save[name] = new
-        if self.active_adapter is None:
-            self.active_adapter = name
+        if self.registry.active is None:
+            self.registry.active = name
         return new
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.registry.active
+
+    @property
+    def disabled(self) -> bool:
+        return self.registry.disabled
 
     @property
     def active_module(self) -> nn.Module:
@@ -62,7 +71,8 @@ class ModulesToSaveWrapper(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name.startswith("_") or name in ("original_module", "modules_to_save", "active_adapter", "disabled"):
+            if name.startswith("_") or name in ("original_module", "modules_to_save", "registry", "active_adapter",
+                                                "disabled", "active_module"):
                 raise  # not set up yet (during __init__ or unpickling): no forwarding, no recursion
             return getattr(self.active_module, name)
 

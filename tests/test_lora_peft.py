@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from gpt.weights import load_gpt2
+from gpt.weights import gpt2_module_names, load_gpt2
 from lora import LoraConfig, apply_lora, export_peft_adapter
 
 transformers = pytest.importorskip("transformers")
@@ -52,7 +52,7 @@ def test_peft_loads_our_adapter_with_equal_logits(tmp_path, monkeypatch, gpt2_di
     expected = ours(x)
     assert (expected - hf(x).logits).abs().max() > 1e-2  # the adapter does something
 
-    export_peft_adapter(ours, tmp_path / "peft", base_model_name_or_path=str(gpt2_dir))
+    export_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg), base_model_name_or_path=str(gpt2_dir))
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4 and config["fan_in_fan_out"] is True
     assert config["target_modules"] == expected_targets
@@ -67,7 +67,7 @@ def test_export_key_names_and_shapes(tmp_path, gpt2_dir):
 
     ours = load_gpt2(gpt2_dir, attention="fused")
     apply_lora(ours, LoraConfig(rank=4, alpha=8, targets=("query", "key", "value")))
-    export_peft_adapter(ours, tmp_path / "peft")
+    export_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg))
     tensors = load_file(tmp_path / "peft" / "adapter_model.safetensors")
     assert {k: tuple(v.shape) for k, v in tensors.items()} == {
         f"base_model.model.transformer.h.{i}.attn.c_attn.lora_{ab}.weight": shape
@@ -79,4 +79,4 @@ def test_export_refuses_a_classification_head(tmp_path, gpt2_dir):
     ours.out_head = torch.nn.Linear(32, 2)
     apply_lora(ours, LoraConfig(rank=2, targets=("query",), modules_to_save=("out_head",)))
     with pytest.raises(ValueError, match="a classification head does not"):
-        export_peft_adapter(ours, tmp_path / "peft")
+        export_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg))

@@ -14,11 +14,11 @@ from classify.model import add_classification_head
 from gpt.config import GPTConfig
 from gpt.model import GPTModel
 from gpt.params import count_parameters
-from lora.bottleneck_adapter import (BottleneckAdapter, ModuleWithAdapter, apply_bottleneck_adapters,
+from peft_methods.bottleneck_adapter import (BottleneckAdapter, ModuleWithAdapter, apply_bottleneck_adapters,
                                      bottleneck_adapters, bottleneck_parameter_count, remove_bottleneck_adapters)
 from lora.config import LoraConfig
-from lora.dora import LinearWithDoRA, apply_dora, dora_parameter_count, merge_dora
-from lora.prefix_tuning import apply_prefix_tuning, context_left, init_prefix_from_tokens, prefix_parameter_count
+from peft_methods.dora import LinearWithDoRA, apply_dora, dora_parameter_count, merge_dora
+from peft_methods.prefix_tuning import apply_prefix_tuning, context_left, init_prefix_from_tokens, prefix_parameter_count
 
 CFG = GPTConfig.from_preset("gpt-tiny", drop_rate=0.0)  # d=32, 2 layers, 4 heads, context 64
 HEAD_PARAMS = 32 * 2 + 2  # the 2-class head: weight + bias

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from lora.targets import matches_target, set_submodule
+
 DEFAULT_TARGETS = ("att", "ff")  # TransformerBlock's attention and feed-forward sub-layers
 
 
@@ -83,10 +85,6 @@ def _output_width(module: nn.Module) -> int:
     return linears[-1].out_features
 
 
-def _matches(name: str, suffix: str) -> bool:
-    return name == suffix or name.endswith("." + suffix)  # PEFT's target_modules rule, as in lora/apply.py
-
-
 def apply_bottleneck_adapters(model: nn.Module, bottleneck: int = 64, targets=DEFAULT_TARGETS,
                               modules_to_save=("out_head",)) -> nn.Module:
     """Put a BottleneckAdapter after every module whose name ends with one of `targets`, in place.
@@ -101,15 +99,15 @@ def apply_bottleneck_adapters(model: nn.Module, bottleneck: int = 64, targets=DE
     modules_to_save = (modules_to_save,) if isinstance(modules_to_save, str) else tuple(modules_to_save or ())
     if not targets:
         raise ValueError("targets is empty; name the sub-layers to adapt, e.g. ('att', 'ff')")
-    names = [n for n, m in model.named_modules() if n and any(_matches(n, t) for t in targets)]
+    names = [n for n, m in model.named_modules() if n and any(matches_target(n, t) for t in targets)]
     names = [n for n in names if not any(n.startswith(o + ".") for o in names)]  # outermost matches only
     if not names:
         raise ValueError(f"no module name ends with any of {targets}; modules here are named like "
                          f"{[n for n, _ in model.named_modules() if n][:6]}")
     if any(isinstance(model.get_submodule(n), ModuleWithAdapter) for n in names):
         raise ValueError("this model already has bottleneck adapters on these modules")
-    saved = [n for n, _ in model.named_modules() if n and any(_matches(n, s) for s in modules_to_save)]
-    missing = [s for s in modules_to_save if not any(_matches(n, s) for n in saved)]
+    saved = [n for n, _ in model.named_modules() if n and any(matches_target(n, s) for s in modules_to_save)]
+    missing = [s for s in modules_to_save if not any(matches_target(n, s) for n in saved)]
     if missing:
         raise ValueError(f"modules_to_save {missing} match no module in {type(model).__name__}")
     widths = {n: _output_width(model.get_submodule(n)) for n in names}  # check every target before changing any
@@ -123,8 +121,7 @@ def apply_bottleneck_adapters(model: nn.Module, bottleneck: int = 64, targets=DE
         module = model.get_submodule(n)
         weight = next(module.parameters())
         adapter = BottleneckAdapter(widths[n], bottleneck).to(device=weight.device, dtype=weight.dtype)
-        parent_name, _, child = n.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, ModuleWithAdapter(module, adapter))
+        set_submodule(model, n, ModuleWithAdapter(module, adapter))
     for n in saved:
         model.get_submodule(n).requires_grad_(True)
     return model
@@ -138,8 +135,7 @@ def bottleneck_adapters(model: nn.Module) -> list[tuple[str, BottleneckAdapter]]
 def remove_bottleneck_adapters(model: nn.Module) -> nn.Module:
     """Put the original sub-layers back (the adapters are dropped), in place."""
     for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, ModuleWithAdapter)]:
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, module.module)
+        set_submodule(model, name, module.module)
     return model
 
 

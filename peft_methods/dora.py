@@ -31,8 +31,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lora.config import LoraConfig
+from lora.apply import as_config
+from lora.config import LoraConfig, validate_rank
 from lora.layers import LoRALayer
+from lora.modules_to_save import ModulesToSaveWrapper
+from lora.targets import resolve_targets, set_submodule
 
 
 class LinearWithDoRA(nn.Module):
@@ -86,11 +89,6 @@ class LinearWithDoRA(nn.Module):
         return f"d_in={self.linear.in_features}, d_out={self.linear.out_features}"
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
 def apply_dora(model: nn.Module, cfg: LoraConfig | None = None, **kwargs) -> nn.Module:
     """Replace the layers `cfg.targets` selects (same rules as apply_lora) with LinearWithDoRA, in place.
 
@@ -98,12 +96,7 @@ def apply_dora(model: nn.Module, cfg: LoraConfig | None = None, **kwargs) -> nn.
     ModulesToSaveWrapper copy like LoRA's. A fused qkv projection takes DoRA only as a whole
     (target "qkv"), not per query/key/value slice. Returns the model.
     """
-    from lora.apply import resolve_targets
-    from lora.modules_to_save import ModulesToSaveWrapper
-
-    if cfg is not None and kwargs:
-        raise TypeError("pass either a LoraConfig or keyword arguments, not both")
-    cfg = cfg or LoraConfig(**kwargs)
+    cfg = as_config(cfg, kwargs)
     if any(isinstance(m, LinearWithDoRA) for m in model.modules()):
         raise ValueError("this model already has DoRA layers")
     plan, to_save = resolve_targets(model, cfg)
@@ -114,24 +107,23 @@ def apply_dora(model: nn.Module, cfg: LoraConfig | None = None, **kwargs) -> nn.
         module = model.get_submodule(name)
         if not isinstance(module, nn.Linear):
             raise TypeError(f"DoRA wraps nn.Linear layers; {name} is a {type(module).__name__}")
-        if cfg.rank > min(module.in_features, module.out_features):
-            raise ValueError(f"DoRA rank {cfg.rank} is larger than min(d_in, d_out) of {name}")
+        validate_rank(cfg.rank, module.in_features, module.out_features, name)
     for p in model.parameters():
         p.requires_grad_(False)
     for name in plan:
-        _set_submodule(model, name, LinearWithDoRA(model.get_submodule(name), cfg.rank, cfg.alpha, cfg.dropout,
+        set_submodule(model, name, LinearWithDoRA(model.get_submodule(name), cfg.rank, cfg.alpha, cfg.dropout,
                                                    cfg.scaling))
     for name in to_save:
         wrapper = ModulesToSaveWrapper(model.get_submodule(name))
         wrapper.add_adapter("default")
-        _set_submodule(model, name, wrapper)
+        set_submodule(model, name, wrapper)
     return model
 
 
 def merge_dora(model: nn.Module) -> nn.Module:
     """Replace every LinearWithDoRA by the plain nn.Linear it computes (for inference), in place."""
     for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, LinearWithDoRA)]:
-        _set_submodule(model, name, module.merged_linear())
+        set_submodule(model, name, module.merged_linear())
     return model
 
 
