@@ -105,3 +105,48 @@ def exercise_1_4(min_chars: int = 20) -> dict[str, tuple[float, str]]:
     texts = [e.text for e in load_sms_spam() if len(e.text) >= min_chars]
     ratios = [(len(ids) / len(text), text) for ids, text in zip(tokenizer.encode_ordinary_batch(texts), texts)]
     return {"fewest": min(ratios), "most": max(ratios)}
+
+
+# Planted wrong answers: one per checked exercise, each a mistake a student could make. tests/test_exercise_checks.py
+# requires the exercise's check (notebooks/checks/ch01/) to reject it, so a check that cannot fail is caught.
+
+def wrong_exercise_1_1(max_length: int = 256, strides: tuple[int, ...] = (128, 256)) -> dict[int, dict[str, int]]:
+    """Counts every target of every window as distinct, ignoring that overlapping windows share targets."""
+    result = exercise_1_1(max_length, strides)
+    for counts in result.values():
+        counts["distinct_targets"] = counts["target_tokens"]
+    return result
+
+
+def wrong_exercise_1_2(text: str = "Akwirw ier") -> dict:
+    """Merges the leftmost adjacent pair that is a token instead of the one with the lowest rank."""
+    ranks = load_mergeable_ranks()
+
+    def leftmost_merges(word: str) -> list[list[bytes]]:
+        parts = [bytes([b]) for b in word.encode("utf-8")]
+        steps = [parts]
+        while True:
+            i = next((i for i in range(len(parts) - 1) if parts[i] + parts[i + 1] in ranks), None)
+            if i is None:
+                return steps
+            parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
+            steps.append(parts)
+
+    result = exercise_1_2(text)
+    result["steps"] = {word: leftmost_merges(word) for word in ("Akwirw", " ier")}
+    return result
+
+
+def wrong_exercise_1_3(vocab_size: int = 50257, emb_dim: int = 16, seed: int = 123) -> float:
+    """Forgets to copy the embedding's weight into the linear layer: two random layers differ."""
+    torch.manual_seed(seed)
+    embedding = nn.Embedding(vocab_size, emb_dim)
+    linear = nn.Linear(vocab_size, emb_dim, bias=False)
+    with torch.no_grad():
+        ids = torch.randint(0, vocab_size, (2, 8))
+        return (linear(nn.functional.one_hot(ids, vocab_size).float()) - embedding(ids)).abs().max().item()
+
+
+def wrong_exercise_1_4(min_chars: int = 20) -> dict[str, tuple[float, str]]:
+    """Ignores min_chars: the extremes over every message, short ones included."""
+    return exercise_1_4(min_chars=0)
