@@ -1,9 +1,10 @@
-"""Pick the device to run on: CUDA, Apple MPS or CPU, automatically or by name."""
+"""Pick the device to run on (CUDA, Apple MPS or CPU, automatically or by name), and measure its peak memory."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 
 import torch
 
@@ -68,3 +69,50 @@ def autocast(device: torch.device, bf16: bool | None = None):
     if not use_bf16(device, bf16):
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far, in bytes.
+
+    On Linux it is read from /proc/self/status (VmHWM, the high-water mark of this process's
+    memory), NOT from getrusage's ru_maxrss: ru_maxrss survives exec, so a process started by
+    subprocess from a bigger parent reports the PARENT's peak when that is larger. Elsewhere
+    (macOS: bytes, BSD: KiB) ru_maxrss is all there is.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
+    except OSError:
+        pass
+    import resource  # POSIX only; Windows has neither /proc nor resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new GPU peak (torch.cuda.reset_peak_memory_stats). A process's peak RSS cannot be
+    reset: to measure one variant's CPU memory alone, run it in a fresh process."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device | str) -> int:
+    """Peak memory so far: allocated tensor bytes on a CUDA GPU, the process's peak RSS elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return peak_rss_bytes()
+
+
+def peak_memory_mib(device: torch.device | str) -> dict:
+    """What a training run records about memory, in MiB (2**20 bytes), rounded to 0.1:
+    {"peak_rss_mib": the process's peak RSS} plus, on CUDA, {"cuda_max_allocated_mib": peak tensor bytes}."""
+    device = torch.device(device)
+    out = {"peak_rss_mib": round(peak_rss_bytes() / 2**20, 1)}
+    if device.type == "cuda":
+        out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out

@@ -183,11 +183,14 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
-    """Element-wise sum of a list of numbers over all ranks (float64; identity for one process)."""
+def all_reduce_sum(values: list[float], device: torch.device | str | None = None) -> list[float]:
+    """Element-wise sum of a list of numbers over all ranks (float64; identity for one process).
+
+    device: where the collective runs; None (the usual) picks the backend's own, CUDA for nccl and
+    the CPU for gloo, so a loop does not need to know which backend it runs under."""
     if not is_distributed():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device() if device is None else device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 

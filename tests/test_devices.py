@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -157,6 +158,31 @@ def test_synchronize_is_one_function():
     assert common.synchronize is synchronize  # benchmarks import it from gpt/, not a copy
     synchronize("cpu")  # nothing to wait for on a CPU: returns at once
     synchronize(torch.device("cpu"))
+
+
+_PEAK = r"""
+import json, torch
+from gpt.device import peak_memory_bytes, peak_memory_mib, peak_rss_bytes
+before = peak_rss_bytes()
+x = torch.ones(64 * 2**20)  # 256 MiB of float32, every page touched
+after = peak_memory_mib("cpu")
+print(json.dumps({"before": before, "after": after, "bytes": peak_memory_bytes("cpu")}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads VmHWM from /proc")
+def test_peak_memory_sees_a_256_mib_tensor():
+    """gpt.device.peak_memory_mib, measured in a fresh process: a 256 MiB tensor raises the peak RSS by
+    256 MiB (within 16 MiB of allocator slack); the keys are those a fine-tuning run records."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _PEAK], capture_output=True, text=True, check=True, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seen = json.loads(done.stdout)
+    assert set(seen["after"]) == {"peak_rss_mib"}  # no CUDA entry for a CPU
+    grown = seen["after"]["peak_rss_mib"] - seen["before"] / 2**20
+    assert 256 - 16 <= grown <= 256 + 16, grown
+    assert seen["bytes"] >= seen["after"]["peak_rss_mib"] * 2**20 - 2**20
 
 
 # ----------------------------------------------------------------------------- a device that does not exist
