@@ -255,8 +255,6 @@ def read_peft_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
         if value != fine and value not in (None, False, {}, []):
             raise ValueError(f"{folder / PEFT_CONFIG}: {key}={value!r} is not supported by this LoRA (only "
                              f"{key}={fine!r}); the adapter would load but compute something else")
-    if config.get("rank_pattern") and config.get("use_rslora"):
-        raise ValueError(f"{folder / PEFT_CONFIG}: use_rslora with rank_pattern is ambiguous (PEFT refuses it too)")
     try:
         tensors = load((folder / PEFT_WEIGHTS).read_bytes())
     except SafetensorError as e:

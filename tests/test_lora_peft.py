@@ -1,7 +1,8 @@
-"""Our adapter, exported in PEFT's format, gives the same logits with peft + transformers' GPT-2.
+"""PEFT's LoRA format, both ways, with the same logits as peft + transformers' GPT-2 (within 1e-5).
 
-A tiny random GPT-2 is written locally with transformers, loaded into our GPTModel, given LoRA
-with random non-zero B, exported, and loaded with peft.PeftModel.from_pretrained (offline).
+A tiny random GPT-2 is written locally with transformers and loaded into our GPTModel (gpt.weights).
+Out: our LoRA with random non-zero B, exported, loaded with peft.PeftModel.from_pretrained (offline).
+In: a PEFT LoRA with random non-zero B, saved with save_pretrained, imported with import_peft_adapter.
 """
 
 import json
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from gpt.weights import gpt2_module_names, load_gpt2
-from lora import LoraConfig, apply_lora, export_peft_adapter
+from lora import LoraConfig, apply_lora, export_peft_adapter, import_peft_adapter, load_adapter, save_adapter
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -80,3 +81,99 @@ def test_export_refuses_a_classification_head(tmp_path, gpt2_dir):
     apply_lora(ours, LoraConfig(rank=2, targets=("query",), modules_to_save=("out_head",)))
     with pytest.raises(ValueError, match="a classification head does not"):
         export_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg))
+
+
+# ----------------------------------------------------------------------------- PEFT adapters in
+
+def _peft_adapter(gpt2_dir, out, seed=1, **lora_kwargs):
+    """A PEFT LoRA on transformers' GPT-2, with random non-zero B (and a changed lm_head copy when it is
+    in modules_to_save), saved with save_pretrained. Returns (its logits for x, x)."""
+    hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+    cfg = peft.LoraConfig(fan_in_fan_out=True, **lora_kwargs)
+    model = peft.get_peft_model(hf, cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif "modules_to_save" in name:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    model.save_pretrained(out)
+    x = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model(x).logits, x
+
+
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # PEFT, about lm_head in modules_to_save
+@pytest.mark.parametrize("attention", ["separate", "fused"])
+@pytest.mark.parametrize("patterns", [
+    dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"]),
+    # per-module ranks and alphas, rsLoRA's alpha / sqrt(r), and a fully trained lm_head
+    dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], use_rslora=True,
+         rank_pattern={"h.1.attn.c_attn": 2, "mlp.c_proj": 6}, alpha_pattern={"c_fc": 3.0},
+         modules_to_save=["lm_head"]),
+], ids=["plain", "rank_pattern"])
+def test_peft_adapter_imports_with_equal_logits(tmp_path, monkeypatch, gpt2_dir, attention, patterns):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    expected, x = _peft_adapter(gpt2_dir, tmp_path / "peft", **patterns)
+    ours = load_gpt2(gpt2_dir, attention=attention)
+    with torch.no_grad():
+        assert (expected - ours(x)).abs().max() > 1e-2  # the adapter does something
+    import_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), expected, rtol=0, atol=1e-5)
+    # PEFT's c_attn LoRA: the whole fused projection, or every third of it on W_query / W_key / W_value
+    layer = ours.trf_blocks[1].att
+    if attention == "fused":
+        assert layer.qkv.lora["default"].lora_A.shape == (32, 2 if "rank_pattern" in patterns else 4)
+    else:
+        ranks = [getattr(layer, n).lora["default"].rank for n in ("W_query", "W_key", "W_value")]
+        assert ranks == ([2, 2, 2] if "rank_pattern" in patterns else [4, 4, 4])
+    assert all(not p.requires_grad for p in ours.parameters())
+    # and it is an adapter like any other: saved, reloaded, same logits
+    save_adapter(ours, tmp_path / "ours")
+    again = load_adapter(load_gpt2(gpt2_dir, attention=attention), tmp_path / "ours")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), expected, rtol=0, atol=1e-5)
+
+
+def test_our_export_comes_back_at_its_own_ranks(tmp_path, gpt2_dir):
+    ours = load_gpt2(gpt2_dir, attention="separate")
+    apply_lora(ours, LoraConfig(rank=4, alpha=8, targets=("query", "value", "ff")))
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    x = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    expected = ours(x)
+    export_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg))
+    back = import_peft_adapter(load_gpt2(gpt2_dir, attention="separate"), tmp_path / "peft",
+                               gpt2_module_names(ours.cfg))
+    torch.testing.assert_close(back(x), expected, rtol=0, atol=1e-5)
+    att = back.trf_blocks[0].att
+    assert isinstance(att.W_key, torch.nn.Linear)  # the zero key third of c_attn's B gets no LoRA
+    assert att.W_query.lora["default"].rank == att.W_value.lora["default"].rank == 4
+
+
+def test_load_adapter_on_a_peft_folder_names_peft_and_the_importer(tmp_path, gpt2_dir):
+    _peft_adapter(gpt2_dir, tmp_path / "peft", r=2, lora_alpha=4, target_modules=["c_attn"])
+    with pytest.raises(ValueError, match=r"PEFT adapter .* import it with lora.import_peft_adapter"):
+        load_adapter(load_gpt2(gpt2_dir), tmp_path / "peft")
+
+
+def test_import_refuses_what_it_cannot_reproduce(tmp_path, gpt2_dir):
+    _peft_adapter(gpt2_dir, tmp_path / "peft", r=2, lora_alpha=4, target_modules=["c_attn"])
+    config_path = tmp_path / "peft" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    ours = load_gpt2(gpt2_dir)
+    names = gpt2_module_names(ours.cfg)
+    config_path.write_text(json.dumps(config | {"use_dora": True}))
+    with pytest.raises(ValueError, match="use_dora=True is not supported"):
+        import_peft_adapter(ours, tmp_path / "peft", names)
+    config_path.write_text(json.dumps(config | {"rank_pattern": {"c_attn": 3}}))
+    with pytest.raises(ValueError, match="do not make a rank-3 LoRA"):
+        import_peft_adapter(ours, tmp_path / "peft", names)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="have no counterpart in module_names"):
+        import_peft_adapter(ours, tmp_path / "peft", {"lm_head": "out_head"})
+    assert not any("lora" in n for n, _ in ours.named_parameters())  # refused before anything changed
