@@ -16,3 +16,4 @@ fi
 .venv/bin/python -m pip install --quiet --no-deps -e .
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 echo "set up: $(.venv/bin/python -c 'import torch, sys; print("python", sys.version.split()[0], "| torch", torch.__version__)')"
+echo "open the chapters: .venv/bin/jupyter lab notebooks/"
