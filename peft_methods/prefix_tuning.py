@@ -18,7 +18,7 @@ Two ways to hold the prefixes (`reparametrize`):
   output is split into every layer's keys and values. Only the MLP's output is used at
   inference, so it could be computed once and stored (`prefix_tuning_kv`).
 
-The cost the seeds mention: the prefix takes up context. The virtual tokens sit at positions
+The cost: the prefix takes up context. The virtual tokens sit at positions
 0 .. P-1 and the input starts at position P (as when a prompt of P tokens was processed first,
 and as PEFT does through GPT-2's past_key_values), so an input may have at most
 context_length - P tokens; a longer one is a ValueError. Every attention layer also reads
