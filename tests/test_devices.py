@@ -1,4 +1,4 @@
-"""Every script and benchmark picks CUDA / Apple MPS / CPU by itself and can be told which (issue 7).
+"""Every script and benchmark picks CUDA / Apple MPS / CPU by itself and can be told which.
 
 - every command line in scripts/ and benchmarks/ takes --device, defaulting to "auto" (benchmarks: "cpu",
   the device their committed results were measured on; run_all: each benchmark's own default);
@@ -8,6 +8,11 @@
 - --device cpu gives the numbers the default gives (on a machine without a GPU, where auto is the CPU).
 
 Parsers are checked by parsing, not by running: the whole module takes a few seconds.
+
+Without a GPU, CUDA is simulated (torch.cuda.is_available and friends monkeypatched). On a machine
+with CUDA the tests marked `real_cuda` run on the GPU itself: device choice, bf16 autocast, the model's
+logits and cached generation against the CPU's, a fine-tuning step under bf16 (`python -m
+benchmarks.gpu_run` runs them there).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ def _command_lines() -> list[tuple[str, str]]:
     """("scripts", name) for every script, ("benchmarks", name) for every benchmark module with a command line."""
     found = [("scripts", p.stem) for p in sorted((ROOT / "scripts").glob("*.py"))]
     found += [("benchmarks", p.stem) for p in sorted((ROOT / "benchmarks").glob("*.py"))
-              if "ArgumentParser(" in p.read_text(encoding="utf-8")]  # builds a parser: a command line
+              if "ArgumentParser(" in p.read_text(encoding="utf-8")  # builds a parser: a command line
+              and p.stem != "gpu_run"]  # CUDA only, no --device to choose (tests/test_gpu_run.py)
     return found
 
 
@@ -54,7 +60,7 @@ def test_every_command_line_is_found():
     """The list below is what the parametrised test covers: a new script shows up here (and must pass it)."""
     names = {f"{folder}/{name}" for folder, name in _command_lines()}
     assert names >= {"scripts/ch01_tokens", "scripts/ch02_attention", "scripts/ch03_gpt_model", "scripts/ch05_low_rank",
-                     "scripts/ch06_lora_layers", "scripts/ch08_adapters", "scripts/classify",
+                     "scripts/ch06_lora_layers", "scripts/ch08_adapters", "scripts/predict",
                      "scripts/compare_finetuning", "scripts/finetune_spam", "scripts/pretrain",
                      "benchmarks/bench_attention", "benchmarks/bench_inference", "benchmarks/bench_lora_vs_full",
                      "benchmarks/bench_mfu", "benchmarks/bench_peers", "benchmarks/bench_peft_methods",
@@ -211,7 +217,7 @@ def test_other_command_lines_refuse_a_missing_gpu(tmp_path):
     from benchmarks import bench_mfu, run_all
 
     with pytest.raises(ValueError, match="CUDA is not available"):
-        load_script("classify").main(["--device", "cuda", "--adapter", str(tmp_path / "none"), "hello"])
+        load_script("predict").main(["--device", "cuda", "--adapter", str(tmp_path / "none"), "hello"])
     with pytest.raises(ValueError, match="CUDA is not available"):
         load_script("compare_finetuning").main(["--quick", "--device", "cuda", "--results", str(tmp_path / "r"),
                                             "--runs", str(tmp_path / "runs")])
@@ -242,3 +248,64 @@ def test_device_cpu_writes_the_numbers_the_default_writes(tmp_path):
         assert auto["fused_max_abs_diff"] == cpu["fused_max_abs_diff"]
     else:
         torch.testing.assert_close(torch.tensor(auto["weights"]), torch.tensor(cpu["weights"]), rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- a real GPU (skipped without one)
+
+real_cuda = pytest.mark.skipif(NO_GPU, reason="needs a CUDA GPU (these run for real on one)")
+
+
+@real_cuda
+def test_real_cuda_device_choice():
+    assert pick_device("auto") == torch.device("cuda")
+    assert pick_device("cuda:0") == torch.device("cuda", 0)
+    n = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=rf"device 'cuda:{n}' requested but only {n} CUDA device\(s\) exist"):
+        pick_device(f"cuda:{n}")
+    assert use_bf16("cuda") is torch.cuda.is_bf16_supported()
+    synchronize("cuda")
+
+
+@real_cuda
+def test_real_cuda_bf16_autocast():
+    x, w = torch.ones(2, 3, device="cuda"), torch.ones(4, 3, device="cuda")
+    with autocast(torch.device("cuda"), False):
+        assert torch.nn.functional.linear(x, w).dtype == torch.float32
+    if torch.cuda.is_bf16_supported():
+        with autocast(torch.device("cuda")):  # the default on a GPU with bf16
+            y = torch.nn.functional.linear(x, w)
+        assert y.dtype == torch.bfloat16 and float(y[0, 0]) == 3.0
+
+
+@real_cuda
+def test_real_cuda_logits_and_cached_generation_equal_the_cpus():
+    from gpt import GPTConfig, GPTModel, generate
+
+    torch.manual_seed(0)
+    cpu_model = GPTModel(GPTConfig.from_preset("gpt-tiny", drop_rate=0.0, qkv_bias=True)).eval()
+    with torch.no_grad():  # spread the logits: greedy choices far from ties
+        for p in cpu_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gpu_model = GPTModel(cpu_model.cfg).to("cuda").eval()
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    ids = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(gpu_model(ids.cuda()).cpu(), cpu_model(ids), rtol=0, atol=1e-4)
+    prompt = ids[:, :8]
+    on_cpu = generate(cpu_model, prompt, max_new_tokens=20)
+    assert torch.equal(generate(gpu_model, prompt.cuda(), max_new_tokens=20, use_cache=True).cpu(), on_cpu)
+    assert torch.equal(generate(gpu_model, prompt.cuda(), max_new_tokens=20).cpu(), on_cpu)
+    with pytest.raises(ValueError, match="token id 50257 is outside the vocabulary"):  # not a device-side assert
+        gpu_model(torch.tensor([[1, 50257]], device="cuda"))
+
+
+@real_cuda
+def test_real_cuda_finetune_steps_under_bf16(tmp_path):
+    """scripts/finetune_spam.py --quick on the GPU: bf16 autocast by default there, a finite loss."""
+    result_json = tmp_path / "result.json"
+    load_script("finetune_spam").main(["--quick", "--device", "cuda", "--no-progress", "--out", str(tmp_path / "run"),
+                                       "--result-json", str(result_json)])
+    result = json.loads(result_json.read_text())
+    assert result["device"].startswith("cuda")
+    losses = result["history"]["train_loss"]
+    assert losses and all(loss == loss and 0 < loss < 20 for loss in losses)  # finite, not NaN
