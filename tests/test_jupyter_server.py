@@ -46,10 +46,11 @@ class Server:
         env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
                    JUPYTER_DATA_DIR=str(Path(sys.prefix) / "share" / "jupyter"), LORA_DEVICE="cpu", OMP_NUM_THREADS="1")
         self.log = open(tmp_path / "server.log", "w")
+        # Checkpoints go to tmp_path: opening a notebook must leave no .ipynb_checkpoints/ in the repository.
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", f"--port={self.port}",
              "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1", f"--ServerApp.token={self.token}",
-             f"--ServerApp.root_dir={ROOT}"] + (["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
+             f"--ServerApp.root_dir={ROOT}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'checkpoints'}"] + (["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
