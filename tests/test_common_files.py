@@ -151,3 +151,16 @@ def test_atomic_folder_repairs_a_swap_killed_between_the_renames(tmp_path):
         with atomic_folder(out):
             raise RuntimeError("killed")
     assert (out / "a.txt").read_text() == "previous" and os.listdir(tmp_path) == ["adapter"]
+
+
+def test_common_imports_nothing_of_the_project():
+    """common/ is the bottom floor: gpt/, lora/, classify/ and plots/ build on it, never the other way."""
+    import ast
+    from pathlib import Path
+
+    for path in (Path(__file__).resolve().parent.parent / "common").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for module in modules:
+                assert module.split(".")[0] not in {"gpt", "lora", "classify", "plots", "peft_methods"}, (path, module)
