@@ -1,9 +1,11 @@
 """lora/ stands on its own: it imports nothing of gpt/ and puts LoRA into any nn.Module by module name."""
 
+import copy
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ from torch import nn
 
 import lora
 from lora import (FusedQKVWithLoRA, LinearWithLoRA, LoraConfig, add_adapter, apply_lora, load_adapter,
-                  lora_parameter_report, merge_lora, registry_of, save_adapter, set_active_adapter, unmerge_lora)
+                  lora_parameter_report, lora_trainable_count, merge_lora, registry_of, save_adapter,
+                  set_active_adapter, unmerge_lora)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,9 +56,12 @@ def test_lora_on_a_plain_sequential_by_name(tmp_path):
             if "lora_B" in name:
                 p.normal_()
     # y = x W^T + b + (alpha / r) x A B, layer by layer
-    h = x @ model[0].linear.weight.T + model[0].linear.bias + 2.0 * x @ model[0].lora["default"].A @ model[0].lora["default"].B
-    h = torch.relu(h)
-    expected = h @ model[2].linear.weight.T + model[2].linear.bias + 2.0 * h @ model[2].lora["default"].A @ model[2].lora["default"].B
+    def layer(i, x):
+        wrapper = model[i]
+        branch = wrapper.lora["default"]
+        return x @ wrapper.linear.weight.T + wrapper.linear.bias + 2.0 * x @ branch.A @ branch.B
+
+    expected = layer(2, torch.relu(layer(0, x)))
     torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
     merged = merge_lora(model)(x)
     torch.testing.assert_close(merged, expected, rtol=0, atol=1e-5)
@@ -86,6 +92,11 @@ def test_one_registry_per_model_shared_by_every_wrapper():
     set_active_adapter(model, "b")  # one assignment; every layer reads it
     assert {w.active_adapter for w in wrappers} == {"b"}
     assert registry_of(model) is registry
+    twin = copy.deepcopy(model)  # a copy gets its own registry, shared by its own wrappers
+    assert twin.lora_adapters is not registry and twin.lora_adapters.active == "b"
+    assert all(m.registry is twin.lora_adapters for m in twin.modules() if hasattr(m, "registry"))
+    set_active_adapter(twin, "a")
+    assert registry.active == "b"
 
 
 def test_wrappers_made_by_hand_are_adopted_into_one_registry():
@@ -109,3 +120,10 @@ def test_fused_add_adapter_refuses_a_rank_naming_it_and_the_layer(rank, message)
     model = nn.Sequential(nn.Linear(8, 24))
     with pytest.raises(ValueError, match=r"LoRA rank 9 is larger than .* for 0:"):  # the module's name
         apply_lora(model, rank=9, targets=("0",))
+
+
+def test_counts_take_any_config_with_the_gpt_shapes():
+    gpt2_small = SimpleNamespace(emb_dim=768, n_layers=12, vocab_size=50257)  # the attributes, no GPTConfig
+    assert lora_trainable_count(gpt2_small, LoraConfig(rank=8, targets=("query", "value"))) == 294_912
+    with pytest.raises(TypeError, match=r"integer \['n_layers'\]"):
+        lora_trainable_count(SimpleNamespace(emb_dim=768, vocab_size=50257), LoraConfig(rank=8))
