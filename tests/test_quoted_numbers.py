@@ -19,7 +19,8 @@ The markup, in a notebook's markdown cells:
 The lint: any other number in markdown that looks measured must be wrapped or listed: a percentage, a
 decimal with two or more digits after the point, a size (KB, MB, GiB, bytes), a time (s, ms, min,
 minutes, hours), a count with a thousands separator (LaTeX's ``{,}`` counts), an amount of money (£, €).
-Inline code (backticks) is exempt: it is code, not prose. Vague quantity words ("most", "roughly",
+Inline code (backticks), section numbers ("## 3.10", "chapter 7.6") and an exercise's expected minutes
+("★★ · 15 min") are exempt: they are not measurements. Vague quantity words ("most", "roughly",
 "about" before a quantity, "almost", "nearly", "approximately", "well under/over/below/above", "exactly"
 before a quantity, "coin toss", "far more/less/below/from/...") are allowed only in a sentence that
 also has a wrapped number: say the number.
@@ -52,6 +53,8 @@ LINK_TARGET = re.compile(r"\]\([^)]*\)")
 # Section numbers are not measurements: "## 3.10 ...", "chapter 7.6", "notebook 4.4", "section 4.2".
 SECTION_NUMBER = re.compile(r"^(#+\s*)\d+(?:\.\d+)+|\b((?:[Cc]hapter|[Ss]ection|[Nn]otebook)s?\s+)\d+(?:\.\d+)+",
                             re.MULTILINE)
+# An exercise's label gives its difficulty and the expected minutes, an estimate: "**Exercise 2.4** ★★ · 15 min."
+EXERCISE_LABEL = re.compile(r"(★+)\s*·\s*\d+\s*min\b")
 PLACEHOLDER = "\u27e6Q\u27e7"  # stands for a wrapped number once its span has been checked
 
 NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
@@ -174,6 +177,7 @@ def check_notebook(nb) -> list[str]:
         text = SPAN.sub(wrapped, text)
         text = LINK_TARGET.sub("]", INLINE_CODE.sub(" ", text))
         text = SECTION_NUMBER.sub(lambda m: m.group(1) or m.group(2), text)
+        text = EXERCISE_LABEL.sub(r"\1", text)
         for sentence in sentences(text):
             flat = normalise(sentence)
             for kind, pattern in MEASURED:
@@ -292,7 +296,7 @@ def test_checker_lint_kinds_and_constants():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(
         "It scored 96.3 % in 45 s, a loss of 0.049, a 907 KB file, 1,045 messages, £1000. "
-        "`lr = 0.0008` is code. Rank $r = 8$ of 768.")]
+        "`lr = 0.0008` is code. Rank $r = 8$ of 768. **Exercise 2.4** ★★ · 15 min. See chapter 7.6.")]
     kinds = sorted(p.split("unwrapped ")[1].split(" ")[0] for p in check_notebook(nb))
     assert kinds == ["decimal", "money", "percentage", "size", "thousands", "time"], kinds
     nb.metadata["quoted_constants"] = {"96.3 %": "a made-up source", "45 s": "x"}
