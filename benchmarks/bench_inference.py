@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-if __package__ in (None, ""):  # `python benchmarks/bench_inference.py` works too
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, setup, time_alternating,
                                write_results)
@@ -43,7 +40,9 @@ from peft_methods.prefix_tuning import apply_prefix_tuning
 
 NAME = "inference"
 MODULE = "benchmarks.bench_inference"
-TARGET_MERGED = 1.02  # the issue: merged-adapter inference <= 1.02x base latency
+# The LoRA paper's claim, "no additional inference latency" once merged (Hu et al. 2021, section 4.2), as a
+# target with 2 % allowed for timing noise: merged LoRA at most 1.02x the base model's latency.
+TARGET_MERGED = 1.02
 PAPER = {"adapters (Lin et al.), batch 1": 0.207, "adapters (Houlsby et al.), batch 1": 0.303,
          "merged LoRA": 0.0}
 

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # `python benchmarks/bench_mfu.py` works too
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (add_common_args, command_line, gflop, machine_info, markdown_table, setup,
                                time_alternating, write_results)
@@ -37,7 +34,9 @@ from benchmarks.setups import TrainStep, Variant, classifier, random_batch, shap
 
 NAME = "mfu"
 MODULE = "benchmarks.bench_mfu"
-TARGET_MFU = 0.8  # the issue: a LoRA training step at >= 80 % of the measured matmul FLOP/s
+# This project's target: a LoRA training step runs its FLOPs at least at 80 % of the rate a plain large matmul
+# reaches on the same machine (measured here as the reference, not a datasheet peak).
+TARGET_MFU = 0.8
 
 
 def matmul_case(m: int, k: int, n: int, device, seed: int):

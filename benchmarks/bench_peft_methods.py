@@ -29,22 +29,18 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from pathlib import Path
 import time
 
 import torch
 
-if __package__ in (None, ""):  # `python benchmarks/bench_peft_methods.py` works too
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, setup, time_alternating,
                                write_results)
-from classify.base import load_base
 from classify.data import spam_splits
 from classify.dataset import ClassificationDataset, encode_text, make_loader
 from classify.model import add_classification_head, set_trainable
 from classify.train import evaluate, train_classifier
 from gpt.params import count_parameters
+from gpt.pretrained import load_base
 from lora import LoraConfig, apply_lora, merge_lora
 from peft_methods.bottleneck_adapter import apply_bottleneck_adapters
 from peft_methods.dora import apply_dora, merge_dora
@@ -62,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, repeats=7)
     parser.add_argument("--base", default=None,
-                        help="base model (classify/base.py): default data/gpt-mini; random:gpt-tiny with --quick")
+                        help="base model (gpt/pretrained.py): default data/gpt-mini; random:gpt-tiny with --quick")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--epochs", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--max-steps", type=int, default=None,
@@ -225,7 +221,7 @@ def _detail(method: str, args) -> str:
 
 def _plot(rows: dict, path) -> None:
     """Test accuracy against trainable parameters, and deployed latency, one bar per method."""
-    from gpt.checkpoint import new_figure, save_figure
+    from plots.figures import new_figure, save_figure
 
     names = [r["method"] for r in rows.values()]
     fig, (ax_acc, ax_lat) = new_figure(1, 2, figsize=(9, 3.4), dpi=100)

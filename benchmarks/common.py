@@ -15,7 +15,8 @@ How the numbers are taken (and why):
   the model, gradients, optimizer state and activations all included). A fresh process per
   variant matters: freed memory is not always returned to the OS, so a second variant in the
   same process would inherit the first one's peak. (On Linux the peak is read as VmHWM from
-  /proc/self/status: getrusage's ru_maxrss would report the parent's peak in a subprocess.)
+  /proc/self/status: getrusage's ru_maxrss would report the parent's peak in a subprocess;
+  gpt/device.py's peak_rss_bytes and peak_memory_bytes.)
 * **The machine.** CPU model, cores, torch's thread count, torch version, GPU, and the load
   average when the run started (a busy machine is the most common reason two runs disagree).
 * **Results.** `benchmarks/results/<name>.json` (everything, machine-readable) and
@@ -30,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -43,7 +43,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from gpt.checkpoint import atomic_write
+from common.files import atomic_write_text
 from gpt.device import add_device_argument, pick_device, synchronize  # synchronize: also used by setups.py
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,26 +174,6 @@ def ratio(a: Timing | float, b: Timing | float) -> float:
 
 # ----------------------------------------------------------------------------- memory
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far, in bytes.
-
-    On Linux it is read from /proc/self/status (VmHWM, the high-water mark of this process's
-    memory), NOT from getrusage's ru_maxrss: ru_maxrss survives exec, so a process started by
-    subprocess from a bigger parent reports the PARENT's peak when that is larger (the child
-    is forked from the parent's memory, and the kernel keeps the maximum). Elsewhere
-    (macOS: bytes, BSD: KiB) ru_maxrss is all there is.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
 def current_rss_bytes() -> int | None:
     """This process's resident set size now, in bytes (None without psutil)."""
     try:
@@ -201,20 +181,6 @@ def current_rss_bytes() -> int | None:
     except ImportError:
         return None
     return psutil.Process().memory_info().rss
-
-
-def reset_peak_memory(device: torch.device | str) -> None:
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_bytes(device: torch.device | str) -> int:
-    """Peak memory so far: allocated tensor bytes on a GPU, the process's peak RSS on a CPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return peak_rss_bytes()
 
 
 def run_worker(module: str, argv: list[str], timeout: float | None = None) -> dict:
@@ -304,11 +270,6 @@ def mb(n_bytes: float | None) -> str:
     return "n/a" if n_bytes is None else f"{n_bytes / 2**20:,.0f} MiB"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def write_results(name: str, out_dir: Path, command: str, machine: dict, results: dict, markdown: str,
                   title: str) -> tuple[Path, Path]:
     """benchmarks/results/<name>.json and <name>.md. The markdown gets a header with the title,
@@ -319,10 +280,10 @@ def write_results(name: str, out_dir: Path, command: str, machine: dict, results
     payload = {"benchmark": name, "title": title, "command": command, "date": stamp, "machine": machine,
                "results": results}
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    _atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
     header = (f"# {title}\n\n"
               f"Command: `{command}`  \n"
               f"Machine: {machine_line(machine)}  \n"
               f"Date: {stamp}\n\n")
-    _atomic_write_text(md_path, header + markdown.rstrip() + "\n")
+    atomic_write_text(md_path, header + markdown.rstrip() + "\n")
     return json_path, md_path

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import ROOT, _atomic_write_text, machine_info, machine_line, markdown_table
+from benchmarks.common import ROOT, machine_info, machine_line, markdown_table
+from common.files import atomic_write_text
 
 BUDGET_S = 470  # all steps together; 8 minutes minus the time to start and to write the summary
 REFUSAL = ("gpu_run: refused: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
@@ -127,7 +128,7 @@ def _headlines(out: Path) -> list[str]:
 def write_summary(out: Path, machine: dict, records: list[dict], finished: bool) -> None:
     summary = {"finished": finished, "machine": machine, "gpu": machine.get("gpu"), "torch": torch.__version__,
                "cuda": torch.version.cuda, "budget_s": BUDGET_S, "steps": records}
-    _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     rows = [[r["name"], r["what"], "skipped" if r.get("skipped") else
              ("timed out" if r["timed_out"] else r["exit_code"]), r.get("wall_s", "-"), r["limit_s"],
              f"[log]({r['log']})" if r.get("log") else "-"] for r in records]
@@ -136,7 +137,7 @@ def write_summary(out: Path, machine: dict, records: list[dict], finished: bool)
             "Command: `python -m benchmarks.gpu_run`" + ("" if finished else " (still running or cut short)"), "",
             markdown_table(["step", "what", "exit code", "wall s", "limit s", "log"], rows), ""]
     text += _headlines(out)
-    _atomic_write_text(out / "summary.md", "\n".join(text).rstrip() + "\n")
+    atomic_write_text(out / "summary.md", "\n".join(text).rstrip() + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

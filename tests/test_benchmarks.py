@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts next to the packages
-    sys.path.insert(0, str(ROOT))
+from benchmarks import common, run_all
+from benchmarks.flops import training_step_flops
+from benchmarks.setups import Variant, classifier, make_variant, random_batch, shape_config, sharing_copy
+from gpt.device import peak_rss_bytes
 
-from benchmarks import common, run_all  # noqa: E402
-from benchmarks.flops import training_step_flops  # noqa: E402
-from benchmarks.setups import Variant, classifier, make_variant, random_batch, shape_config, sharing_copy  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY = shape_config("gpt-tiny")  # d=32, 2 layers, context 64, no qkv bias
 TINY_FULL_PARAMS = 1_635_618  # 50257*32 + 64*32 + 2 * 12,608 (blocks) + 64 (final norm) + 66 (2-class head)
@@ -57,8 +56,8 @@ def test_peak_rss_of_a_subprocess_is_its_own_not_the_parents():
     ballast = bytearray(768 * 2**20)  # make this (parent) process's peak large
     for i in range(0, len(ballast), 4096):
         ballast[i] = 1
-    assert common.peak_rss_bytes() > 768 * 2**20
-    code = "from benchmarks.common import peak_rss_bytes; print(peak_rss_bytes())"
+    assert peak_rss_bytes() > 768 * 2**20
+    code = "from gpt.device import peak_rss_bytes; print(peak_rss_bytes())"
     child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     # torch alone is a few hundred MiB; getrusage's ru_maxrss would have reported the parent's > 768 MiB.
     assert int(child.stdout) < 700 * 2**20
@@ -196,11 +195,23 @@ def test_peft_methods_quick(quick_results):
     assert (quick_results / "peft_methods.png").stat().st_size > 1000
 
 
+def test_generate_quick(quick_results):
+    res = _load(quick_results, "generate")
+    assert (res["shape"], res["batch_size"], res["prompt_tokens"], res["new_tokens"]) == ("gpt-tiny", 1, 8, 16)
+    assert res["same_tokens"] is True  # cached and uncached generation agree before anything is timed
+    assert res["cache_bytes"] == 2 * 2 * 1 * (8 + 16) * 32 * 4  # keys and values, 2 blocks, float32
+    assert set(res["variants"]) == {"uncached", "KV cache"}
+    assert res["speedup"] == pytest.approx(res["variants"]["uncached"]["seconds"]["median"]
+                                           / res["variants"]["KV cache"]["seconds"]["median"])
+
+
 def test_run_all_writes_the_readme(quick_results):
     readme = (quick_results / "README.md").read_text()
     assert "--quick results" in readme
     assert "| our LoRA step vs PEFT's, eager attention (gpt-tiny) | <= 0.9x |" in readme
-    for name in ("mfu", "attention", "lora_vs_full", "peers", "inference", "peft_methods"):
+    assert "## Targets" in readme and run_all.TARGETS_NOTE in readme and "issue" not in readme.lower()
+    assert "| greedy generation with the KV cache vs without (gpt-tiny, 8 + 16 tokens) | measure |" in readme
+    for name in ("mfu", "attention", "lora_vs_full", "peers", "inference", "peft_methods", "generate"):
         assert f"[`{name}.md`]({name}.md)" in readme
     # --readme-only rebuilds it from the JSON files without running anything.
     (quick_results / "README.md").unlink()
