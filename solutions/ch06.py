@@ -19,16 +19,33 @@ from lora import (FusedQKVWithLoRA, LinearWithLoRA, LoraConfig, apply_lora, lora
                   unmerge_lora)
 
 
-def exercise_6_1() -> dict[str, int]:
-    """LoRA on GPT-2 medium (24 blocks, d = 1024), priced three ways.
+def exercise_6_1(preset: str = "gpt2-medium") -> dict[str, int]:
+    """LoRA on GPT-2 medium (24 blocks, d = 1024): {"query_value": r = 8 on query and value,
+    "all_linear": r = 16 on every linear layer of the blocks + a new 2-class head trained in full}.
 
     Answer: r = 8 on query and value: 24 blocks x 2 layers x 8 (1024 + 1024) = 786,432 trainable.
     all-linear at r = 16: per block 4 x 16 (1024 + 1024) for q, k, v, out_proj = 131,072 plus
     16 (1024 + 4096) x 2 for the feed-forward layers = 163,840, so 294,912 per block and 7,077,888 in all;
-    the new 2-class head trained in full adds 1024 x 2 + 2 = 2,050: 7,079,938. The built model (on the
-    meta device: no memory) gives the same numbers as lora_trainable_count, which prices on paper.
+    the new 2-class head trained in full adds 1024 x 2 + 2 = 2,050: 7,079,938. A model built on the meta
+    device (no memory) counts the same as lora_trainable_count, which prices on paper (tests check all three).
     """
-    cfg = GPTConfig.from_preset("gpt2-medium", qkv_bias=True, tie_weights=True)
+    cfg = GPTConfig.from_preset(preset)
+    d, ff, n = cfg.emb_dim, 4 * cfg.emb_dim, cfg.n_layers
+    return {"query_value": n * 2 * 8 * (d + d),
+            "all_linear": n * (4 * 16 * (d + d) + 2 * 16 * (d + ff)) + d * 2 + 2}
+
+
+def wrong_exercise_6_1(preset: str = "gpt2-medium") -> dict[str, int]:
+    """Forgets the new 2-class head, which all-linear does not wrap but modules_to_save trains in full."""
+    out = exercise_6_1(preset)
+    cfg = GPTConfig.from_preset(preset)
+    out["all_linear"] -= cfg.emb_dim * 2 + 2
+    return out
+
+
+def built_counts_6_1(preset: str = "gpt2-medium") -> dict[str, int]:
+    """Exercise 6.1's two counts, on paper (lora_trainable_count) and on a model built on the meta device."""
+    cfg = GPTConfig.from_preset(preset, qkv_bias=True, tie_weights=True)
     qv = LoraConfig(rank=8, alpha=16, targets=("query", "value"))
     al = LoraConfig(rank=16, alpha=16, targets="all-linear", modules_to_save=("out_head",))
     with torch.device("meta"):
@@ -36,14 +53,9 @@ def exercise_6_1() -> dict[str, int]:
         m_al = GPTModel(cfg)
         m_al.out_head = nn.Linear(cfg.emb_dim, 2)
     apply_lora(m_al, al)
-    return {
-        "qv_by_hand": 24 * 2 * 8 * (1024 + 1024),
-        "qv_on_paper": lora_trainable_count(cfg, qv),
-        "qv_built": count_parameters(m_qv, trainable_only=True),
-        "all_linear_by_hand": 24 * (4 * 16 * 2048 + 2 * 16 * (1024 + 4096)) + 1024 * 2 + 2,
-        "all_linear_on_paper": lora_trainable_count(cfg, al, head_out_features=2, head_bias=True),
-        "all_linear_built": count_parameters(m_al, trainable_only=True),
-    }
+    return {"qv_on_paper": lora_trainable_count(cfg, qv), "qv_built": count_parameters(m_qv, trainable_only=True),
+            "all_linear_on_paper": lora_trainable_count(cfg, al, head_out_features=2, head_bias=True),
+            "all_linear_built": count_parameters(m_al, trainable_only=True)}
 
 
 def exercise_6_2(d: int = 32, r: int = 4, seed: int = 123) -> dict[str, float | int]:
@@ -79,8 +91,17 @@ def exercise_6_2(d: int = 32, r: int = 4, seed: int = 123) -> dict[str, float | 
     }
 
 
-def _round_trip_error(dtype: torch.dtype, cycles: int = 1, d: int = 256, r: int = 8, seed: int = 123) -> float:
-    """Largest |W - W_original| after `cycles` merge + unmerge cycles of one LoRA on a (d, d) base weight."""
+def wrong_exercise_6_2(d: int = 32, r: int = 4, seed: int = 123) -> dict[str, float | int]:
+    """Counts the plain LoRA on the whole qkv layer at rank r instead of 3r."""
+    out = exercise_6_2(d, r, seed)
+    out["plain_rank_3r_params"] = r * (d + 3 * d)
+    return out
+
+
+def _round_trip_error(dtype: torch.dtype, cycles: int = 1, d: int = 256, r: int = 8, seed: int = 123,
+                      unmerge: bool = True) -> float:
+    """Largest |W - W_original| after `cycles` merge + unmerge cycles of one LoRA (alpha 16) on a (d, d) base weight
+    of size 0.02 (randn x 0.02, seed) and B = randn x 0.02 (as if trained)."""
     g = torch.Generator().manual_seed(seed)
     linear = nn.Linear(d, d, bias=False)
     with torch.no_grad():
@@ -92,12 +113,14 @@ def _round_trip_error(dtype: torch.dtype, cycles: int = 1, d: int = 256, r: int 
     before = layer.linear.weight.detach().clone()
     for _ in range(cycles):
         layer.merge("default")
-        layer.unmerge("default")
+        if unmerge:
+            layer.unmerge("default")
     return (layer.linear.weight.float() - before.float()).abs().max().item()
 
 
-def exercise_6_3() -> dict[str, float]:
-    """The round-trip error of merge + unmerge, float32 vs bf16 base weights, after 1 and after 100 cycles.
+def exercise_6_3(cycles: int = 1, d: int = 256, r: int = 8, seed: int = 123) -> dict[str, float]:
+    """The round-trip error of `cycles` merge + unmerge cycles: {"float32": ..., "bfloat16": ...}, the largest
+    |W - W_original| of a float32 and of a bf16 base weight.
 
     Answer: in float32, (W + dW) - dW returns W up to one rounding of W + dW: 7.5e-9 for weights of size
     0.02 (float32 keeps 24 bits). In bf16 the base weight keeps only 8 bits of mantissa, so W + dW is rounded
@@ -108,13 +131,21 @@ def exercise_6_3() -> dict[str, float]:
     bf16 model, merge once for inference and keep it merged, or reload the base weights (or keep a float32 copy)
     to switch adapters; keep the adapters themselves in float32, as lora/ does.
     """
-    return {"float32": _round_trip_error(torch.float32), "bfloat16": _round_trip_error(torch.bfloat16),
-            "float32_100_cycles": _round_trip_error(torch.float32, cycles=100),
-            "bfloat16_100_cycles": _round_trip_error(torch.bfloat16, cycles=100)}
+    return {"float32": _round_trip_error(torch.float32, cycles, d, r, seed),
+            "bfloat16": _round_trip_error(torch.bfloat16, cycles, d, r, seed)}
+
+
+def wrong_exercise_6_3(cycles: int = 1, d: int = 256, r: int = 8, seed: int = 123) -> dict[str, float]:
+    """Forgets to unmerge: measures W + dW against W, the update itself, not the round trip."""
+    return {"float32": _round_trip_error(torch.float32, cycles, d, r, seed, unmerge=False),
+            "bfloat16": _round_trip_error(torch.bfloat16, cycles, d, r, seed, unmerge=False)}
 
 
 def exercise_6_4(d_in: int = 768, d_out: int = 768, r: int = 16, seed: int = 123) -> dict[str, float]:
-    """The book's init of A vs nn.Linear's, and what it changes at the first step.
+    """The book's init of A vs nn.Linear's, and what it changes at the first step: {"book_bound": the bound of
+    kaiming_uniform_(A, a=sqrt(5)) on A (d_in, r), "linear_bound": nn.Linear's 1/sqrt(d_in), "grad_B_ratio":
+    |dL/dB| with the book's init over |dL/dB| with nn.Linear's (same uniform draw, same x and dL/dy),
+    "grad_A_norm": |dL/dA| at the first step with the book's init}.
 
     Answer: kaiming_uniform_(A, a=sqrt(5)) reads fan_in from A's SECOND dimension; on A (d_in, r)
     that is r, so the bound is 1/sqrt(r) = 0.25 at r = 16, instead of nn.Linear's 1/sqrt(d_in) =
@@ -126,6 +157,13 @@ def exercise_6_4(d_in: int = 768, d_out: int = 768, r: int = 16, seed: int = 123
     larger: the book's adapter moves the model faster, like a larger learning rate. Computed with one
     uniform draw scaled to each bound, so the ratio is exact.
     """
+    out = init_comparison_6_4(d_in, d_out, r, seed)
+    return {"book_bound": out["book_bound"], "linear_bound": out["linear_bound"], "grad_B_ratio": out["grad_B_ratio"],
+            "grad_A_norm": out["book_grad_A_norm"]}
+
+
+def init_comparison_6_4(d_in: int = 768, d_out: int = 768, r: int = 16, seed: int = 123) -> dict[str, float]:
+    """Exercise 6.4 in detail: bounds, first-step outputs and gradient norms of both inits."""
     g = torch.Generator().manual_seed(seed)
     U = torch.rand(d_in, r, generator=g) * 2 - 1  # uniform(-1, 1)
     probe = torch.empty(d_in, r)
@@ -145,6 +183,12 @@ def exercise_6_4(d_in: int = 768, d_out: int = 768, r: int = 16, seed: int = 123
     out.update(book_bound=book_bound, linear_bound=linear_bound, probe_abs_max=probe.abs().max().item(),
                grad_B_ratio=out["book_grad_B_norm"] / out["linear_grad_B_norm"])
     return out
+
+
+def wrong_exercise_6_4(d_in: int = 768, d_out: int = 768, r: int = 16, seed: int = 123) -> dict[str, float]:
+    """Assumes kaiming_uniform_ on A (d_in, r) reads d_in as the fan-in, so both inits look the same."""
+    return {"book_bound": 1 / math.sqrt(d_in), "linear_bound": 1 / math.sqrt(d_in), "grad_B_ratio": 1.0,
+            "grad_A_norm": 0.0}
 
 
 def exercise_6_5(seed: int = 123) -> dict:
@@ -179,3 +223,21 @@ def exercise_6_5(seed: int = 123) -> dict:
         "logits_changed_by": (model(x) - logits_before).abs().max().item(),
         "merge_error": error,
     }
+
+
+def wrong_exercise_6_5(seed: int = 123) -> dict:
+    """Trains the tied head's weight itself (unfreezes it) instead of only the LoRA branch: the embedding moves."""
+    torch.manual_seed(seed)
+    model = GPTModel(GPTConfig.from_preset("gpt-tiny", drop_rate=0.0))
+    apply_lora(model, LoraConfig(rank=4, alpha=8, targets=("query", "out_head")))
+    model.out_head.linear.weight.requires_grad_(True)
+    emb_before = model.tok_emb.weight.detach().clone()
+    x = torch.randint(0, model.cfg.vocab_size, (2, 12))
+    logits_before = model(x).detach()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    nn.functional.cross_entropy(model(x)[:, :-1].flatten(0, 1), x[:, 1:].flatten()).backward()
+    opt.step()
+    return {"embedding_unchanged": torch.equal(model.tok_emb.weight, emb_before),
+            "still_tied": model.out_head.linear.weight is model.tok_emb.weight,
+            "logits_changed_by": (model(x) - logits_before).abs().max().item(),
+            "merge_error": None}
