@@ -39,9 +39,13 @@ def read_labelled_tsv(path: str | Path, labels: dict[str, int], label_column: in
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{line_number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                                 f"{err.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue  # blank lines (e.g. a trailing newline) carry no example
             parts = line.split("\t")
@@ -57,6 +61,11 @@ def read_labelled_tsv(path: str | Path, labels: dict[str, int], label_column: in
             examples.append(Example(text, labels[label]))
     if not examples:
         raise ValueError(f"{path}: no examples in the file")
+    found = sorted({ex.label for ex in examples})
+    if len(found) < 2:
+        names = [name for name, index in labels.items() if index in found]
+        raise ValueError(f"{path}: every example has the label {names[0]!r} (only one class); a classifier needs "
+                         f"examples of each of {sorted(labels)}")
     return examples
 
 

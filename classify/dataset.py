@@ -97,6 +97,28 @@ class ClassificationDataset(Dataset):
                 f"{cut}")
 
 
+def split_datasets(splits: dict[str, Sequence[Example]], context_length: int | None = None,
+                   tokenizer=None) -> dict[str, ClassificationDataset]:
+    """{"train", "val", "test"} example lists -> data sets, the book's way: the training set is padded to
+    its longest text (at most `context_length` tokens), validation and test to that same length
+    (longer texts truncated, keeping their start, and counted)."""
+    missing = {"train", "val", "test"} - set(splits)
+    if missing:
+        raise ValueError(f"split_datasets: no {sorted(missing)} split (got {sorted(splits)})")
+    train = ClassificationDataset(splits["train"], context_length=context_length, tokenizer=tokenizer)
+    return {"train": train,
+            "val": ClassificationDataset(splits["val"], max_length=train.max_length, tokenizer=tokenizer),
+            "test": ClassificationDataset(splits["test"], max_length=train.max_length, tokenizer=tokenizer)}
+
+
+def spam_datasets(context_length: int | None = None, path=None, seed: int = 123) -> dict[str, ClassificationDataset]:
+    """The book's balanced SMS spam split (classify.data.spam_splits: 1,045 / 149 / 300 messages) as
+    {"train", "val", "test"} data sets (split_datasets). path: the SMSSpamCollection file (default: shipped)."""
+    from classify.data import SMS_SPAM_FILE, spam_splits
+
+    return split_datasets(spam_splits(SMS_SPAM_FILE if path is None else path, seed), context_length)
+
+
 def collate_trim(batch):
     """Stack items into (input_ids (b, T), lengths (b,), labels (b,)) and drop the trailing columns
     that are padding in every row (T = the longest row of this batch). Exact for a causal model
@@ -137,4 +159,4 @@ def make_loader(dataset: ClassificationDataset, batch_size: int = 8, shuffle: bo
 
 
 __all__ = ["PAD_TOKEN_ID", "ClassificationDataset", "collate_trim", "collate_full", "encode_text",
-           "encode_for_classification", "make_loader"]
+           "encode_for_classification", "make_loader", "spam_datasets", "split_datasets"]

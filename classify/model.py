@@ -16,12 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gpt.distributed import unwrap  # the model inside a DDP wrapper (or the model itself)
+
 TRAINABLE_CHOICES = ("full", "last-block", "head")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel / DataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 def add_classification_head(model: nn.Module, num_classes: int = 2) -> nn.Linear:

@@ -21,34 +21,33 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from classify.model import last_token_logits
-from gpt.checkpoint import new_figure, save_figure
 from gpt.device import autocast
+from gpt.distributed import all_reduce_sum, get_rank, get_world_size
+from plots.figures import new_figure, save_figure
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if _distributed() else 1
-
-
-def _all_reduce_sum(values: list[float], device) -> list[float]:
-    """Sum numbers over all processes (identity without torch.distributed)."""
-    if not _distributed():
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+def batch_loss_terms(model, batch, device, bf16: bool | None = None, prefix: bool = True):
+    """One batch -> (last-token loss, prefix loss, number correct, batch size); the losses are scalar
+    tensors (nats per message), prefix loss None when prefix=False. See batch_loss for what each term is."""
+    input_ids, lengths, labels = (t.to(device) for t in batch)
+    with autocast(torch.device(device), bf16):
+        logits_all = model(input_ids)  # (b, T, C); the whole model is called, so DDP sees the forward pass
+    logits_all = logits_all.float()  # the loss in float32 even under bf16 autocast
+    logits = last_token_logits(logits_all, lengths)  # (b, C)
+    last = F.cross_entropy(logits, labels)
+    prefix_loss = None
+    if prefix:
+        b, T, C = logits_all.shape
+        per_token = F.cross_entropy(logits_all.reshape(b * T, C), labels.repeat_interleave(T),
+                                    reduction="none").view(b, T)  # (b, T)
+        real = torch.arange(T, device=per_token.device)[None, :] < lengths[:, None]  # (b, T): not padding
+        prefix_loss = ((per_token * real).sum(1) / lengths).mean()
+    correct = int((logits.argmax(dim=-1) == labels).sum())
+    return last, prefix_loss, correct, labels.numel()
 
 
 def batch_loss(model, batch, device, bf16: bool | None = None, prefix_weight: float = 0.0):
@@ -64,20 +63,9 @@ def batch_loss(model, batch, device, bf16: bool | None = None, prefix_weight: fl
     this function's default, 0, is the book's loss).
     Accuracy is always counted at the last real token.
     """
-    input_ids, lengths, labels = (t.to(device) for t in batch)
-    with autocast(torch.device(device), bf16):
-        logits_all = model(input_ids)  # (b, T, C); the whole model is called, so DDP sees the forward pass
-    logits_all = logits_all.float()  # the loss in float32 even under bf16 autocast
-    logits = last_token_logits(logits_all, lengths)  # (b, C)
-    loss = F.cross_entropy(logits, labels)
-    if prefix_weight:
-        b, T, C = logits_all.shape
-        per_token = F.cross_entropy(logits_all.reshape(b * T, C), labels.repeat_interleave(T),
-                                    reduction="none").view(b, T)  # (b, T)
-        real = torch.arange(T, device=per_token.device)[None, :] < lengths[:, None]  # (b, T): not padding
-        loss = loss + prefix_weight * ((per_token * real).sum(1) / lengths).mean()
-    correct = int((logits.argmax(dim=-1) == labels).sum())
-    return loss, correct, labels.numel()
+    last, prefix_loss, correct, n = batch_loss_terms(model, batch, device, bf16, prefix=bool(prefix_weight))
+    loss = last + prefix_weight * prefix_loss if prefix_weight else last
+    return loss, correct, n
 
 
 @torch.no_grad()
@@ -87,37 +75,44 @@ def evaluate(model, loader, device, max_batches: int | None = None, bf16: bool |
     process its own shard (a DistributedSampler, which repeats a few examples to make the shards
     equal: exact only when the set divides evenly); with the same full loader on every process
     the accuracy is still right and "n" counts each example once per process.
-    Returns {"accuracy": fraction in [0, 1], "loss": nats per example, "n": examples}."""
+    Returns {"accuracy": fraction in [0, 1], "loss": the last-token cross-entropy in nats per example,
+    "prefix_loss": the same at every real token (batch_loss's prefix term, unweighted), "n": examples}."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
+    loss_sum, prefix_sum, correct, n = 0.0, 0.0, 0, 0
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        loss, c, b = batch_loss(model, batch, device, bf16)
-        loss_sum += loss.item() * b
+        last, prefix_loss, c, b = batch_loss_terms(model, batch, device, bf16)
+        loss_sum += last.item() * b
+        prefix_sum += prefix_loss.item() * b
         correct += c
         n += b
     model.train(was_training)
-    loss_sum, correct, n = _all_reduce_sum([loss_sum, correct, n], device)
+    loss_sum, prefix_sum, correct, n = all_reduce_sum([loss_sum, prefix_sum, correct, n], device)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no examples")
-    return {"accuracy": correct / n, "loss": loss_sum / n, "n": int(n)}
+    return {"accuracy": correct / n, "loss": loss_sum / n, "prefix_loss": prefix_sum / n, "n": int(n)}
 
 
 @dataclass
 class ClassifierHistory:
     """One entry per evaluation. train_* are running averages over the training batches since the
     previous evaluation (free: no extra forward pass; dropout on, weights changing);
-    val_* are measured on the validation loader with dropout off."""
+    val_* are measured on the validation loader with dropout off. Both sides record the same two
+    losses, so a curve is only ever drawn against its like: *_loss is the cross-entropy at each
+    message's last token (the classifier's prediction), *_prefix_loss the same at every token (the
+    prefix term of batch_loss, unweighted). The loss trained on is loss + prefix_weight * prefix_loss."""
 
     step: list[int] = field(default_factory=list)  # optimizer steps done
     examples_seen: list[int] = field(default_factory=list)  # training examples seen, all processes
     epoch: list[float] = field(default_factory=list)  # fractional epochs done
     lr: list[float] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)  # last token, nats per message
+    train_prefix_loss: list[float] = field(default_factory=list)  # every token, nats per message
     train_accuracy: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    val_prefix_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # wall time since the start of training
 
@@ -161,10 +156,20 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
     small machine can use the batch size a result needs. Steps, eval_every and max_steps still
     count optimizer steps (= loader batches).
     prefix_weight: also train on every prefix of each message (see batch_loss); 0 = the book's loss.
-    Raises FloatingPointError when the loss stops being finite.
+    grad_clip: clip the gradient norm to this positive number (None: no clipping, the book).
+    Raises FloatingPointError when the loss stops being finite, ValueError for settings that would
+    train nothing (no epochs, no batches, no steps) or not as asked (a clip norm <= 0).
     """
     if epochs <= 0:
         raise ValueError(f"epochs must be positive, got {epochs}")
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip > 0):
+        raise ValueError(f"grad_clip must be a positive number (the largest gradient norm; None for no clipping), "
+                         f"got {grad_clip!r}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1 (None: no limit), got {max_steps!r}")
+    if len(train_loader) == 0:
+        raise ValueError("the training loader yields no batches: the batch size is larger than the training set "
+                         "and incomplete batches are dropped; use a smaller batch size")
     if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
         raise ValueError(f"grad_accum must be a positive integer (micro-batches per batch), got {grad_accum!r}")
     if not prefix_weight >= 0:
@@ -174,29 +179,31 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
     history = ClassifierHistory()
     steps_per_epoch = len(train_loader)
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
-    world = _world_size()
+    world = get_world_size()
     step, seen = 0, 0
-    run_loss, run_correct, run_n = 0.0, 0, 0
+    run_loss, run_prefix, run_correct, run_n = 0.0, 0.0, 0, 0
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc="fine-tuning", unit="step", dynamic_ncols=True,
-               disable=(None if progress else True) if _rank() == 0 else True)
+               disable=(None if progress else True) if get_rank() == 0 else True)
 
     def record(epoch_float: float) -> None:
-        nonlocal run_loss, run_correct, run_n
+        nonlocal run_loss, run_prefix, run_correct, run_n
         val = evaluate(model, val_loader, device, eval_batches, bf16)
-        loss_sum, correct, n = _all_reduce_sum([run_loss, run_correct, run_n], device)
+        loss_sum, prefix_sum, correct, n = all_reduce_sum([run_loss, run_prefix, run_correct, run_n], device)
         history.step.append(step)
         history.examples_seen.append(seen)
         history.epoch.append(round(epoch_float, 4))
         history.lr.append(optimizer.param_groups[0]["lr"])
         history.train_loss.append(loss_sum / n if n else float("nan"))
+        history.train_prefix_loss.append(prefix_sum / n if n else float("nan"))
         history.train_accuracy.append(correct / n if n else float("nan"))
         history.val_loss.append(val["loss"])
+        history.val_prefix_loss.append(val["prefix_loss"])
         history.val_accuracy.append(val["accuracy"])
         history.seconds.append(time.perf_counter() - t0)
-        run_loss, run_correct, run_n = 0.0, 0, 0
+        run_loss, run_prefix, run_correct, run_n = 0.0, 0.0, 0, 0
         bar.set_postfix_str(f"loss {history.train_loss[-1]:.3f} | val acc {100 * val['accuracy']:.1f}%")
-        if log is not None and _rank() == 0:
+        if log is not None and get_rank() == 0:
             log(f"epoch {epoch_float:5.2f} | step {step:>5} | seen {seen:>6,} | train loss {history.train_loss[-1]:.3f} "
                 f"acc {100 * history.train_accuracy[-1]:5.1f}% | val loss {val['loss']:.3f} "
                 f"acc {100 * val['accuracy']:5.1f}% | {history.seconds[-1]:.0f} s")
@@ -220,7 +227,9 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
                 last = j == len(micro) - 1
                 sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
                 with sync:
-                    loss, correct, b = batch_loss(model, micro_batch, device, bf16, prefix_weight)
+                    # Both terms are computed (and logged) whatever prefix_weight is: the same forward pass.
+                    last, prefix_loss, correct, b = batch_loss_terms(model, micro_batch, device, bf16)
+                    loss = last + prefix_weight * prefix_loss if prefix_weight else last
                     value = loss.item()
                     if not math.isfinite(value):
                         raise FloatingPointError(
@@ -229,7 +238,8 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
                             f"or clip gradients")
                     # mean over the step's examples = sum over micro-batches of (batch mean x batch share)
                     (loss * (b / step_examples)).backward()
-                run_loss += value * b
+                run_loss += last.item() * b
+                run_prefix += prefix_loss.item() * b
                 run_correct += correct
                 run_n += b
             if grad_clip is not None:
@@ -252,22 +262,28 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
 
 
 def plot_history(history: ClassifierHistory | dict, path: str | Path, title: str = "fine-tuning") -> Path:
-    """Loss and accuracy (train running average, validation) against examples seen, as a PNG."""
+    """The curves against examples seen, as a PNG: the last-token loss (train running average, solid;
+    validation, dashed) and the prefix term at every token (the same two, lighter), then accuracy.
+    Every training curve has its validation twin of the same quantity."""
     h = history if isinstance(history, dict) else history.to_dict()
     fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(9, 3.4), dpi=100)
-    ax_loss.plot(h["examples_seen"], h["train_loss"], label="train (running)")
-    ax_loss.plot(h["examples_seen"], h["val_loss"], label="validation")
-    ax_loss.set_ylabel("cross-entropy (nats/example)")
-    ax_acc.plot(h["examples_seen"], [100 * a for a in h["train_accuracy"]], label="train (running)")
-    ax_acc.plot(h["examples_seen"], [100 * a for a in h["val_accuracy"]], label="validation")
-    ax_acc.set_ylabel("accuracy (%)")
+    x = h["examples_seen"]
+    ax_loss.plot(x, h["train_loss"], color="C0", label="last token, train (running)")
+    ax_loss.plot(x, h["val_loss"], color="C0", ls="--", label="last token, validation")
+    if h.get("train_prefix_loss") and h.get("val_prefix_loss"):  # absent from histories saved before they existed
+        ax_loss.plot(x, h["train_prefix_loss"], color="C1", label="every token, train (running)")
+        ax_loss.plot(x, h["val_prefix_loss"], color="C1", ls="--", label="every token, validation")
+    ax_loss.set_ylabel("cross-entropy (nats/message)")
+    ax_acc.plot(x, [100 * a for a in h["train_accuracy"]], color="C0", label="train (running)")
+    ax_acc.plot(x, [100 * a for a in h["val_accuracy"]], color="C0", ls="--", label="validation")
+    ax_acc.set_ylabel("accuracy at the last token (%)")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("training examples seen")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-__all__ = ["ClassifierHistory", "batch_loss", "evaluate", "split_batch", "train_classifier", "plot_history"]
+__all__ = ["ClassifierHistory", "batch_loss", "batch_loss_terms", "evaluate", "split_batch", "train_classifier", "plot_history"]

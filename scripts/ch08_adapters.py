@@ -1,9 +1,10 @@
 """Chapter 8 script: adapters in practice, from the command line (notebooks/08_adapters_in_practice.ipynb).
 
     python scripts/ch08_adapters.py            # the shipped gpt-mini: a spam and a sentiment adapter (minutes on a CPU)
-    python scripts/ch08_adapters.py --quick    # a random gpt-tiny for a few steps (tests, CI)
+    python scripts/ch08_adapters.py --quick    # a random gpt-tiny for a few steps: runs/quick/ch08_adapters (tests, CI)
 
-What it does, in order (figures and results.json go to --out):
+What it does, in order (adapters, figures and results.json go to --out, written whole when the run ends:
+common.files.atomic_folder; settings and --out are checked, in one line each, before any work):
  1. Data: the SMS spam set (the book's balanced 70/10/20 split, seed 123) and the 3,000 sentiment
     sentences (Amazon, IMDb, Yelp; classify.data.load_sentiment) split 70/10/20 with seed 123.
  2. ONE base model with a new 2-class head. A SPAM adapter (LoRA + its own copy of the head,
@@ -40,20 +41,23 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from classify.data import load_sentiment, random_split
+from classify.dataset import ClassificationDataset, make_loader, spam_datasets, split_datasets
+from classify.model import add_classification_head, class_logits, predict_texts
+from classify.saved import run_folder
+from classify.train import evaluate, train_classifier
+from common.cli import ArgumentParser, UserError, parse_with_quick, run_main
+from common.files import atomic_write_text
+from gpt.config import GPTConfig
+from gpt.device import add_device_argument, pick_device, synchronize, use_bf16
+from gpt.model import GPTModel
+from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
+from lora import (LoraConfig, add_adapter, apply_lora, load_adapter, lora_parameter_report, merge_lora, save_adapter,
+                  set_active_adapter, unmerge_lora)
+from plots.figures import new_figure, save_figure
 
-from classify.base import DEFAULT_BASE, describe_base, load_base  # noqa: E402
-from classify.data import load_sentiment, random_split, spam_splits  # noqa: E402
-from classify.dataset import ClassificationDataset, make_loader  # noqa: E402
-from classify.model import add_classification_head, class_logits, predict_texts  # noqa: E402
-from classify.train import evaluate, train_classifier  # noqa: E402
-from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
-from gpt.config import GPTConfig  # noqa: E402
-from gpt.device import add_device_argument, pick_device, synchronize, use_bf16  # noqa: E402
-from gpt.model import GPTModel  # noqa: E402
-from lora import (LoraConfig, add_adapter, apply_lora, load_adapter, lora_parameter_report, merge_lora,  # noqa: E402
-                  save_adapter, set_active_adapter, unmerge_lora)
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_FILE = "results.json"  # marks a folder as this script's run (with "quick": true for a smoke run)
 
 QUICK = dict(model="random:gpt-tiny", max_steps=4, eval_every=2, repeats=3)
 TASKS = ("spam", "sentiment")
@@ -94,22 +98,16 @@ class Task:
 
 def load_tasks(context_length: int, batch_size: int = 8, seed: int = 123) -> dict[str, Task]:
     """The spam and sentiment tasks, tokenised and padded to their longest training text."""
-    spam = spam_splits(seed=seed)
     sentiment = dict(zip(("train", "val", "test"), random_split(load_sentiment(), 0.7, 0.1, seed)))
-    tasks = {}
-    for name, splits in (("spam", spam), ("sentiment", sentiment)):
-        train = ClassificationDataset(splits["train"], context_length=context_length)
-        val = ClassificationDataset(splits["val"], max_length=train.max_length)
-        test = ClassificationDataset(splits["test"], max_length=train.max_length)
-        tasks[name] = Task(name, LABELS[name], train, val, test, batch_size, seed)
-    return tasks
+    data = {"spam": spam_datasets(context_length, seed=seed), "sentiment": split_datasets(sentiment, context_length)}
+    return {name: Task(name, LABELS[name], d["train"], d["val"], d["test"], batch_size, seed) for name, d in data.items()}
 
 
 def lora_config(args) -> LoraConfig:
     return LoraConfig(rank=args.rank, alpha=args.alpha, targets=tuple(args.targets), modules_to_save=("out_head",))
 
 
-def train_adapter(model, task: Task, cfg: LoraConfig, epochs: int, args, log=print):
+def train_adapter(model, task: Task, cfg: LoraConfig, epochs: int, args, log=print, bf16: bool | None = None):
     """Add adapter `task.name` to `model` (the first one with apply_lora), make it the active and only
     trainable one, and train it on the task. Returns the ClassifierHistory."""
     torch.manual_seed(args.seed)  # the adapter's A matrices
@@ -123,8 +121,7 @@ def train_adapter(model, task: Task, cfg: LoraConfig, epochs: int, args, log=pri
         f"{','.join(cfg.targets)} + its own 2-class head) of {sum(p.numel() for p in model.parameters()):,}")
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     return train_classifier(model, task.loader("train"), task.loader("val"), optimizer, epochs, args.device,
-                            eval_every=args.eval_every, seed=args.seed, max_steps=args.max_steps,
-                            bf16=True if args.bf16 else None,
+                            eval_every=args.eval_every, seed=args.seed, max_steps=args.max_steps, bf16=bf16,
                             progress=not args.no_progress, log=log if not args.no_progress else None)
 
 
@@ -202,9 +199,10 @@ def plot_training_curves(histories: dict, path: Path) -> None:
     fig, (ax1, ax2) = new_figure(1, 2, figsize=(9, 3.4), dpi=100)
     for name, h in histories.items():
         h = h if isinstance(h, dict) else h.to_dict()
-        ax1.plot(h["examples_seen"], h["train_loss"], label=f"{name} (train, running)")
+        line, = ax1.plot(h["examples_seen"], h["train_loss"], label=f"{name}, train (running)")
+        ax1.plot(h["examples_seen"], h["val_loss"], "--", color=line.get_color(), label=f"{name}, validation")
         ax2.plot(h["examples_seen"], [100 * a for a in h["val_accuracy"]], "o-", ms=3, label=f"{name} (validation)")
-    ax1.set_ylabel("cross-entropy")
+    ax1.set_ylabel("cross-entropy at the last token")
     ax2.set_ylabel("accuracy (%)")
     for ax in (ax1, ax2):
         ax.set_xlabel("training examples seen")
@@ -241,7 +239,7 @@ def plot_latency(latency: dict, path: Path, note: str) -> None:
 # ----------------------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_BASE, help="base: a gpt.checkpoint folder/file, gpt2-small..., random[:preset]")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank r of both adapters")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha of both adapters")
@@ -260,17 +258,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(p)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast while training and evaluating (default on CUDA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-evaluation lines")
-    p.add_argument("--out", default=str(ROOT / "runs" / "ch08_adapters"), help="folder for adapters, PNGs, results.json")
-    p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
+    p.add_argument("--out", default=None,
+                   help="folder for adapters, PNGs, results.json (default: runs/ch08_adapters; with --quick "
+                        "runs/quick/ch08_adapters). New, empty or an earlier run's folder, replaced whole when the run "
+                        "is complete; a --quick run never replaces a real run's folder")
+    p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}, saved under runs/quick/")
     return p
 
 
+def default_out(quick: bool) -> Path:
+    return ROOT / "runs" / ("quick" if quick else "") / "ch08_adapters"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.quick:
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    """The command line, checked: a setting that would train or measure nothing is a UserError (one line)."""
+    args = parse_with_quick(build_parser(), QUICK, argv)
+    if args.out is None:
+        args.out = str(default_out(args.quick))
+    for name in ("rank", "spam_epochs", "sentiment_epochs", "batch_size", "repeats", "latency_tokens"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name, minimum in (("max_steps", 1), ("threads", 1), ("eval_every", 0)):
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+    if not (args.lr > 0 and args.lr < float("inf")):
+        raise UserError(f"--lr must be a positive, finite number, got {args.lr}")
+    if not (0 <= args.alpha < float("inf")) or not (0 <= args.weight_decay < float("inf")):
+        raise UserError(f"--alpha and --weight-decay must be finite numbers >= 0, got {args.alpha}, {args.weight_decay}")
     return args
 
 
@@ -279,10 +294,16 @@ def main(argv=None, log=print) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = device = pick_device(args.device)  # a device that does not exist: a clear error before any work
-    bf16 = True if args.bf16 else None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     info = describe_base(args.model)  # a clear FileNotFoundError before any work when the base is missing
+    # Everything goes into a new folder beside --out, swapped in whole at the end (a second run writing the same
+    # --out is refused; an interrupted run leaves the previous one as it was).
+    with run_folder(args.out, quick=args.quick, marker=RESULTS_FILE, default_hint=str(default_out(True))) as tmp:
+        return _run(args, device, info, Path(tmp), Path(args.out), argv, log)
+
+
+def _run(args, device, info: dict, out: Path, final_out: Path, argv, log) -> dict:
+    """Steps 1 to 7 of the module docstring, writing into `out` (the folder that becomes final_out)."""
+    bf16 = True if args.bf16 else None  # None: bf16 where gpt.device.use_bf16 says it is supported (CUDA)
     t_start = time.perf_counter()
 
     # 1-2. One base, two adapters.
@@ -300,7 +321,7 @@ def main(argv=None, log=print) -> dict:
     histories, train_seconds = {}, {}
     for name in TASKS:
         t0 = time.perf_counter()
-        histories[name] = train_adapter(model, tasks[name], cfg, epochs[name], args, log)
+        histories[name] = train_adapter(model, tasks[name], cfg, epochs[name], args, log, bf16)
         train_seconds[name] = round(time.perf_counter() - t0, 1)
         if name == "spam":
             spam_weights = {k: v.detach().clone() for k, v in model.state_dict().items() if ".spam" in k}
@@ -388,6 +409,7 @@ def main(argv=None, log=print) -> dict:
 
     results = {
         "command": "python scripts/ch08_adapters.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "quick": args.quick,
         "base": args.model, "device": str(device), "bf16": use_bf16(device, bf16),
         "lora": cfg.to_dict(), "lr": args.lr, "epochs": epochs, "max_steps": args.max_steps,
         "trainable_per_adapter": report["per_adapter"],
@@ -403,11 +425,10 @@ def main(argv=None, log=print) -> dict:
         "histories": {n: h.to_dict() for n, h in histories.items()},
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
-    with atomic_write(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-    log(f"wrote adapters/, 08_file_sizes.png, 08_training_curves.png, 08_latency.png and results.json to {out}")
+    atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=1) + "\n")
+    log(f"wrote adapters/, 08_file_sizes.png, 08_training_curves.png, 08_latency.png and results.json to {final_out}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,7 +3,7 @@
     python scripts/compare_finetuning.py                           # every row, seed 123
     python scripts/compare_finetuning.py --seeds 123 124 125        # mean of three seeds per row
     python scripts/compare_finetuning.py --rows lora-separate full  # some rows only
-    python scripts/compare_finetuning.py --quick                    # tiny random model (tests)
+    python scripts/compare_finetuning.py --quick                    # tiny random model: runs/quick/compare/ (tests)
 
 Rows (all with a new 2-class head, read at the last real token, and, unless the row says otherwise,
 finetune_spam.py's recipe: 3 epochs, batch 8, AdamW lr 8e-4 with cosine decay, LoRA r=16 alpha=16 on
@@ -21,19 +21,22 @@ every linear layer, the loss at the last token plus the loss at every prefix):
   lora-whole        lora-separate trained on whole messages only (--prefix-weight 0, the book's loss); the
                     recipe also trains on every prefix of each message, against "short means ham"
 
-The table also gives each row's p(spam) for issue 4's example "You won a free cruise, call now"
+The table also gives each row's p(spam) for the short prize message "You won a free cruise, call now"
 (finetune_spam.py classifies its --probe texts at the end of every run), mean over the seeds.
 
 Each run is a separate process (scripts/finetune_spam.py --result-json) so that its peak memory
-(ru_maxrss) is its own; --in-process (implied by --quick) runs them in this process instead,
-where the peak RSS only grows from row to row. Writes results/spam_comparison.json (every
-seed's numbers), results/spam_comparison.md (the table), results/spam_curves.png and, on a
-checkpoint base with the lora-separate and full rows, results/spam_floor.json (the issue's floor).
+(ru_maxrss) is its own; --in-process (implied by --quick) runs them in this process instead
+(classify.finetune.finetune), where the peak RSS only grows from row to row. Writes
+results/spam_comparison.json (every seed's numbers), results/spam_comparison.md (the table),
+results/spam_curves.png and, on a checkpoint base with the lora-separate and full rows,
+results/spam_floor.json (the floor). A --quick comparison writes under runs/quick/compare/ and refuses
+a --results folder that holds a real comparison. Every setting is checked before the first run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -41,25 +44,14 @@ import sys
 import time
 from pathlib import Path
 
+from classify.finetune import PROBES, QUICK, config_from_args, finetune, parse_finetune_args
+from common.cli import ArgumentParser, UserError, run_main
+from common.files import atomic_write_text
+from gpt.device import add_device_argument, pick_device
+from gpt.pretrained import DEFAULT_BASE
+from plots.figures import new_figure, save_figure
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from gpt.checkpoint import atomic_write, new_figure, save_figure  # noqa: E402
-from gpt.device import add_device_argument, pick_device  # noqa: E402
-
-
-def _load_finetune_spam():
-    """scripts/finetune_spam.py as a module. Loaded by path: putting scripts/ on sys.path would let
-    scripts/classify.py shadow the `classify` package."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("finetune_spam", Path(__file__).resolve().with_name("finetune_spam.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-finetune_spam = _load_finetune_spam()
 
 # The book's appendix E recipe: constant learning rate (our default decays it; see finetune_spam.py).
 BOOK_RECIPE = ["--rank", "16", "--alpha", "16", "--lr", "8e-4", "--schedule", "constant", "--targets", "all-linear",
@@ -78,15 +70,15 @@ ROWS: dict[str, tuple[list[str], str]] = {
     "scale-alpha": (["--method", "lora", *BOOK_RECIPE, "--scaling", "alpha"], "book recipe (constant lr), 1st printing alpha: scale 16"),
     "lora-whole": (["--method", "lora", "--prefix-weight", "0"], "lora-separate, loss on whole messages only (the book's)"),
 }
-PROBE = finetune_spam.PROBES[0]  # "You won a free cruise, call now"
+PROBE = PROBES[0]  # "You won a free cruise, call now"
 ACC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
 
 
 def random_twin(base: str) -> str:
     """'random:<preset>' with the base's shape: the preset whose architecture matches the base."""
-    from classify.base import describe_base
     from gpt.checkpoint import read_checkpoint_config
     from gpt.config import PRESETS, GPTConfig
+    from gpt.pretrained import describe_base
 
     info = describe_base(base)
     if info["kind"] == "random":
@@ -104,14 +96,17 @@ def random_twin(base: str) -> str:
 
 
 def _settings(flags: list[str]) -> tuple:
-    """Everything that determines a run's numbers, as parsed by finetune_spam.py (not where it writes)."""
-    ns = vars(finetune_spam.parse_args(flags))
-    return tuple(sorted((k, str(v)) for k, v in ns.items() if k not in ("out", "result_json", "no_progress", "seed")))
+    """Everything that determines a run's numbers (not where it writes), as finetune_spam.py parses `flags`;
+    a bad setting is a ValueError here, before any run."""
+    cfg = config_from_args(parse_finetune_args(flags))
+    return tuple(sorted((k, str(v)) for k, v in dataclasses.asdict(cfg).items() if k not in ("progress", "seed")))
 
 
 def run_one(flags: list[str], in_process: bool, result_path: Path) -> dict:
     if in_process:
-        return finetune_spam.main(flags + ["--no-progress"])
+        args = parse_finetune_args(flags + ["--no-progress"])
+        return finetune(config_from_args(args), out=args.out,
+                        command="python scripts/finetune_spam.py " + " ".join(flags))
     cmd = [sys.executable, str(ROOT / "scripts" / "finetune_spam.py"), *flags, "--result-json", str(result_path),
            "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -186,15 +181,15 @@ def markdown_table(rows: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-FLOOR = 0.94  # issue 4: LoRA on the shipped gpt-mini, mean test accuracy of three seeds
+FLOOR = 0.94  # the project's floor: LoRA on the shipped gpt-mini, mean test accuracy of three seeds
 
 
 def floor_record(rows: dict, all_runs: dict, meta: dict) -> dict | None:
-    """The issue's floor, checked on this comparison: LoRA (separate) test accuracy, mean over seeds,
+    """The floor, checked on this comparison: LoRA (separate) test accuracy, mean over seeds,
     >= 94 % and within one point of full fine-tuning. None when a row is missing or the base is not
     a checkpoint file (the record names the base by its sha256)."""
-    from classify.base import describe_base
     from classify.data import sha256_of
+    from gpt.pretrained import describe_base
 
     info = describe_base(meta["base"])
     if info["kind"] != "checkpoint" or "lora-separate" not in rows or "full" not in rows:
@@ -202,7 +197,7 @@ def floor_record(rows: dict, all_runs: dict, meta: dict) -> dict | None:
     lora, full = rows["lora-separate"], rows["full"]
     return {
         "claim": "LoRA on the shipped gpt-mini reaches >= 94 % test accuracy (mean of the seeds) and stays within "
-                 "one point of full fine-tuning on the same base (issue 4)",
+                 "one point of full fine-tuning on the same base",
         "floor": FLOOR,
         "base": meta["base"], "base_sha256": sha256_of(info["path"]),
         "command_main_job": "python scripts/finetune_spam.py --seed SEED",
@@ -226,7 +221,7 @@ def plot_curves(curves: dict, path: Path) -> None:
     for name, h in curves.items():
         ax_loss.plot(h["examples_seen"], h["train_loss"], label=name)
         ax_acc.plot(h["examples_seen"], [100 * a for a in h["val_accuracy"]], label=name)
-    ax_loss.set_ylabel("training loss (running mean)")
+    ax_loss.set_ylabel("training loss at the last token\n(running mean, nats/message)")
     ax_acc.set_ylabel("validation accuracy (%)")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("training examples seen")
@@ -239,8 +234,8 @@ def plot_curves(curves: dict, path: Path) -> None:
 
 def write_table(report: dict, results_dir: Path) -> str:
     table = markdown_table(report["rows"], report["meta"])
-    with atomic_write(results_dir / "spam_comparison.md") as tmp:
-        tmp.write_text(f"# Spam classifier: fine-tuning methods compared\n\nCommand: `{report['meta']['command']}`\n\n{table}")
+    atomic_write_text(results_dir / "spam_comparison.md",
+                      f"# Spam classifier: fine-tuning methods compared\n\nCommand: `{report['meta']['command']}`\n\n{table}")
     plot_curves(report["curves"], results_dir / "spam_curves.png")
     return table
 
@@ -256,28 +251,66 @@ def render(results_dir: Path) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="which rows to run")
     p.add_argument("--seeds", nargs="+", type=int, default=[123], help="one run per seed per row; the table shows the mean")
     p.add_argument("--model", default=None, help="base model (default: finetune_spam.py's, the shipped gpt-mini)")
-    p.add_argument("--results", default=str(ROOT / "results"), help="folder for spam_comparison.{json,md}, spam_curves.png")
-    p.add_argument("--runs", default=str(ROOT / "runs" / "compare"), help="folder for each run's adapter and history")
+    p.add_argument("--results", default=None,
+                   help="folder for spam_comparison.{json,md}, spam_curves.png, spam_floor.json (default: results/; "
+                        "with --quick runs/quick/compare/results, and a --quick comparison refuses a folder that "
+                        "holds a real comparison)")
+    p.add_argument("--runs", default=None,
+                   help="folder for each run's folder (default: runs/compare/; with --quick runs/quick/compare/runs)")
     p.add_argument("--in-process", action="store_true", help="run the rows in this process (faster, shared peak RSS)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each its own process (use with --threads 1; times then include contention)")
     add_device_argument(p, note="Passed to every finetune_spam.py run (which uses bf16 autocast on CUDA)")
-    p.add_argument("--quick", action="store_true", help="tiny random model, a few steps, in process (tests)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny random model, a few steps, in process (tests); writes under runs/quick/compare/")
     p.add_argument("--render-only", action="store_true",
                    help="run nothing: rewrite spam_comparison.md and spam_curves.png from --results/spam_comparison.json")
     return p
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line; flags this script does not know are kept in `args.extra`, passed to every
+    finetune_spam.py run (e.g. --epochs 2)."""
+    args, extra = build_parser().parse_known_args(argv)
+    args.extra = list(extra)
+    quick_dir = ROOT / "runs" / "quick" / "compare"
+    if args.results is None:
+        args.results = str(quick_dir / "results" if args.quick else ROOT / "results")
+    if args.runs is None:
+        args.runs = str(quick_dir / "runs" if args.quick else ROOT / "runs" / "compare")
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    return args
+
+
+def check_results_folder(results_dir: Path, quick: bool) -> None:
+    """Refuse a --results that is a file, and for a --quick comparison one that holds a real comparison."""
+    if results_dir.exists() and not results_dir.is_dir():
+        raise UserError(f"--results {results_dir} is a file, not a folder")
+    saved = results_dir / "spam_comparison.json"
+    if quick and saved.is_file():
+        try:
+            meta = json.loads(saved.read_text()).get("meta", {})
+            was_quick = meta.get("quick", "--quick" in meta.get("common_flags", []))
+        except (ValueError, OSError, AttributeError):
+            was_quick = False
+        if not was_quick:
+            raise UserError(f"--results {results_dir} holds a real comparison (spam_comparison.json); a --quick "
+                            f"comparison never replaces it: give another --results (default "
+                            f"{ROOT / 'runs' / 'quick' / 'compare' / 'results'})")
+
+
 def main(argv=None) -> dict:
-    args, extra = build_parser().parse_known_args(argv)  # anything else is passed to finetune_spam.py (e.g. --epochs 2)
+    args = parse_args(argv)
     if args.render_only:
         return render(Path(args.results))
     pick_device(args.device)  # a device that does not exist: a clear error here, before any run
-    common = list(extra)
+    check_results_folder(Path(args.results), args.quick)
+    common = list(args.extra)
     if args.device != "auto":  # finetune_spam.py's own default is auto: every run gets the same device either way
         common += ["--device", args.device]
     if args.quick:
@@ -285,10 +318,8 @@ def main(argv=None) -> dict:
         args.in_process = True
     if args.model:
         common += ["--model", args.model]
-    base = args.model or (finetune_spam.QUICK["model"] if args.quick else finetune_spam.DEFAULT_BASE)
+    base = args.model or (QUICK["model"] if args.quick else DEFAULT_BASE)
     results_dir, runs_dir = Path(args.results), Path(args.runs)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    runs_dir.mkdir(parents=True, exist_ok=True)
 
     same_as: dict[str, str] = {}  # row -> earlier row with exactly the same settings (run once, reported twice)
     settings_seen: dict[tuple, str] = {}
@@ -304,6 +335,8 @@ def main(argv=None) -> dict:
         for seed in args.seeds:
             out = runs_dir / f"{name.replace('/', '_')}-seed{seed}"
             jobs.append((name, seed, common + row_flags + ["--seed", str(seed), "--out", str(out)], out))
+    results_dir.mkdir(parents=True, exist_ok=True)  # every setting has been checked: now the work
+    runs_dir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
 
@@ -328,6 +361,7 @@ def main(argv=None) -> dict:
     rows = {name: summarise(runs) for name, runs in all_runs.items()}
     first = next(iter(all_runs.values()))[0]
     meta = {"base": base, "common_flags": common, "seeds": args.seeds, "in_process": args.in_process, "same_as": same_as,
+            "quick": args.quick,
             "device": first["device"], "threads": first["threads"], "torch": first["torch"],
             "jobs": args.jobs if not args.in_process else 1,
             "load_average": ", ".join(f"{r['load_average_1min']:.1f}" for name, runs in all_runs.items() for r in runs
@@ -337,13 +371,11 @@ def main(argv=None) -> dict:
     report = {"meta": meta, "rows": rows,
               "runs": {name: [{k: v for k, v in r.items() if k != "history"} for r in runs] for name, runs in all_runs.items()},
               "curves": {name: runs[0]["history"] for name, runs in all_runs.items() if name not in same_as}}
-    with atomic_write(results_dir / "spam_comparison.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(results_dir / "spam_comparison.json", json.dumps(report, indent=1) + "\n")
     table = write_table(report, results_dir)
     floor = floor_record(rows, all_runs, meta)
     if floor is not None:
-        with atomic_write(results_dir / "spam_floor.json") as tmp:
-            tmp.write_text(json.dumps(floor, indent=1) + "\n")
+        atomic_write_text(results_dir / "spam_floor.json", json.dumps(floor, indent=1) + "\n")
         print(f"floor: LoRA {100 * floor['lora_test_accuracy_mean']:.2f} % (>= 94 %: {floor['meets_floor']}), "
               f"full {100 * floor['full_test_accuracy_mean']:.2f} % (within one point: "
               f"{floor['within_one_point_of_full']}) -> {results_dir / 'spam_floor.json'}")
@@ -352,4 +384,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

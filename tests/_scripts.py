@@ -1,7 +1,7 @@
 """Load scripts/<name>.py as a module, for the tests that call a script's functions directly.
 
-By path, not by import: putting scripts/ on sys.path would let scripts/classify.py shadow the
-`classify` package. The module is registered in sys.modules while it runs (dataclasses look their
+By path, not by import: scripts/ is a folder of command lines, not a package (their reusable parts
+live in the packages: classify.finetune, classify.saved, ...). The module is registered in sys.modules while it runs (dataclasses look their
 module up there) and loaded once per test session.
 """
 

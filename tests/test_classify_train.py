@@ -210,3 +210,18 @@ def test_prefix_weight_must_not_be_negative():
     with pytest.raises(ValueError, match="prefix_weight must be >= 0"):
         train_classifier(model, make_loader(ds, 8), make_loader(ds, 8), opt, 1, "cpu", progress=False, log=None,
                          prefix_weight=-1.0)
+
+
+def test_train_and_validation_curves_measure_the_same_quantities():
+    """With learning rate 0 (the weights never move), no dropout, and the training set as the validation set,
+    the running training losses equal the validation losses: both curves are the last-token loss, and both
+    prefix curves the prefix term alone, whatever prefix_weight the training objective uses."""
+    model = make_model()
+    train = ClassificationDataset(toy_examples(16))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    hist = train_classifier(model, make_loader(train, 8), make_loader(train, 8), opt, 1, "cpu", eval_every=0,
+                            progress=False, log=None, prefix_weight=1.0)
+    assert hist.step == [2]
+    assert hist.train_loss[0] == pytest.approx(hist.val_loss[0], rel=1e-5)
+    assert hist.train_prefix_loss[0] == pytest.approx(hist.val_prefix_loss[0], rel=1e-5)
+    assert hist.train_prefix_loss[0] != pytest.approx(hist.train_loss[0], rel=1e-5)  # two different quantities

@@ -1,4 +1,4 @@
-"""End to end, with the tiny model: scripts/finetune_spam.py --quick, scripts/classify.py on what it
+"""End to end, with the tiny model: scripts/finetune_spam.py --quick, scripts/predict.py on what it
 saved, and scripts/compare_finetuning.py --quick. Numbers are not a quality claim (a random
 2-layer model trained for 6 steps); what is checked is that the pieces fit: exact parameter counts,
 files written, and a reloaded classifier reproducing the trained one's test accuracy exactly."""
@@ -13,14 +13,14 @@ import pytest
 import torch
 from _scripts import load_script
 
-from classify.data import spam_splits  # noqa: E402
-from gpt import GPTConfig, GPTModel  # noqa: E402
-from gpt.checkpoint import save_model  # noqa: E402
-from gpt.pretrained import describe_base  # noqa: E402
-
+from classify.data import spam_splits
+from classify.saved import classify_texts, load_classifier
+from gpt import GPTConfig, GPTModel
+from gpt.checkpoint import save_model
+from gpt.pretrained import describe_base
 
 finetune_spam = load_script("finetune_spam")
-classify_script = load_script("classify")
+predict = load_script("predict")
 compare = load_script("compare_finetuning")
 
 # gpt-tiny + LoRA r=16 on all linear layers: per block 4 x 16 x (32 + 32) for W_query, W_key, W_value,
@@ -36,10 +36,10 @@ def lora_run(tmp_path_factory):
     return out, result
 
 
-def _test_accuracy_via_classify(out):
+def _test_accuracy_via_predict(out):
     test = spam_splits()["test"]
-    model, info = classify_script.load_classifier(out)
-    results = classify_script.classify_texts(model, info, [ex.text for ex in test])
+    model, info = load_classifier(out)
+    results = classify_texts(model, info, [ex.text for ex in test])
     labels = [info["labels"].index(r["label"]) for r in results]
     return sum(l == ex.label for l, ex in zip(labels, test)) / len(test), results
 
@@ -84,34 +84,40 @@ def test_quick_run_without_prefix_loss_records_it_and_trains_on_less(lora_run, t
     whole = finetune_spam.main(["--quick", "--prefix-weight", "0", "--out", str(tmp_path), "--no-progress"])
     assert whole["prefix_weight"] == 0.0 and first["prefix_weight"] == 1.0
     assert whole["history"]["step"] == first["history"]["step"]
-    # the training loss now lacks the prefixes' term: a different number from the first step on
-    assert whole["history"]["train_loss"][0] != pytest.approx(first["history"]["train_loss"][0], rel=1e-3)
+    # Both runs log the same two quantities for train and validation: the last-token loss and the prefix term
+    # on its own; the prefix term is its own number, and training on it changes where the weights go.
+    for run in (first, whole):
+        h = run["history"]
+        assert len(h["train_prefix_loss"]) == len(h["val_prefix_loss"]) == len(h["step"]) == 2
+        assert h["train_prefix_loss"][0] != pytest.approx(h["train_loss"][0], rel=1e-3)
+    assert whole["history"]["val_loss"] != first["history"]["val_loss"]
 
 
 @pytest.mark.parametrize("bad", ["0", "9"])
-def test_grad_accum_out_of_range_is_refused(bad, capsys):
-    with pytest.raises(SystemExit):
-        finetune_spam.parse_args(["--quick", "--grad-accum", bad])
-    assert "--grad-accum must be between 1 and --batch-size (8)" in capsys.readouterr().err
+def test_grad_accum_out_of_range_is_refused(bad):
+    from classify.finetune import config_from_args
+
+    with pytest.raises(ValueError, match=r"--grad-accum must be between 1 and --batch-size \(8\)|--grad-accum must be an"):
+        config_from_args(finetune_spam.parse_args(["--quick", "--grad-accum", bad]))
 
 
 def test_classify_reproduces_the_trained_models_test_accuracy(lora_run):
     out, result = lora_run
-    accuracy, _ = _test_accuracy_via_classify(out)
+    accuracy, _ = _test_accuracy_via_predict(out)
     assert accuracy == result["test_accuracy"]
 
 
 def test_classify_cli_output_truncation_and_stdin(lora_run, capsys, monkeypatch):
     out, _ = lora_run
     long_text = "free " * 200
-    results = classify_script.main(["--adapter", str(out), "You won a free cruise, call now", long_text])
+    results = predict.main(["--adapter", str(out), "You won a free cruise, call now", long_text])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert re.fullmatch(r"(ham|spam) \(p=(0\.[5-9]\d|1\.00)\)\tYou won a free cruise, call now", lines[0])
     assert "[truncated to its first 64 tokens]" in lines[1]  # stated, never silent
     assert results[1]["truncated"] is True and results[1]["tokens"] == 64 and results[0]["truncated"] is False
     monkeypatch.setattr(sys, "stdin", io.StringIO("Ok lar... Joking wif u oni...\n\nWINNER!! call 09061701461\n"))
-    from_stdin = classify_script.main(["--adapter", str(out)])
+    from_stdin = predict.main(["--adapter", str(out)])
     assert len(from_stdin) == 2  # the blank line is skipped
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
 
@@ -119,9 +125,9 @@ def test_classify_cli_output_truncation_and_stdin(lora_run, capsys, monkeypatch)
 def test_classify_bad_input(lora_run, tmp_path):
     out, _ = lora_run
     with pytest.raises(ValueError, match="empty"):
-        classify_script.main(["--adapter", str(out), "   "])
+        predict.main(["--adapter", str(out), "   "])
     with pytest.raises(FileNotFoundError, match="classifier.json"):
-        classify_script.main(["--adapter", str(tmp_path), "hello"])
+        predict.main(["--adapter", str(tmp_path), "hello"])
 
 
 def test_classify_refuses_a_base_that_does_not_match(lora_run, tmp_path):
@@ -129,19 +135,19 @@ def test_classify_refuses_a_base_that_does_not_match(lora_run, tmp_path):
     other_shape = tmp_path / "one-layer.safetensors"
     save_model(GPTModel(GPTConfig.from_preset("gpt-tiny", n_layers=1)), other_shape)
     with pytest.raises(ValueError, match="another base model.*n_layers=2"):
-        classify_script.load_classifier(out, base=str(other_shape))
+        load_classifier(out, base=str(other_shape))
     torch.manual_seed(999)  # same shape, other weights
     other_weights = tmp_path / "other-weights.safetensors"
     save_model(GPTModel(GPTConfig.from_preset("gpt-tiny")), other_weights)
     with pytest.raises(ValueError, match="fingerprint differs"):
-        classify_script.load_classifier(out, base=str(other_weights))
+        load_classifier(out, base=str(other_weights))
 
 
 def test_quick_full_finetuning_saves_and_reloads(tmp_path):
     result = finetune_spam.main(["--quick", "--method", "full", "--out", str(tmp_path), "--no-progress"])
     assert result["trainable_params"] == TINY_FULL_TRAINABLE
     assert (tmp_path / "classifier.safetensors").is_file() and not (tmp_path / "adapter.safetensors").exists()
-    accuracy, _ = _test_accuracy_via_classify(tmp_path)
+    accuracy, _ = _test_accuracy_via_predict(tmp_path)
     assert accuracy == result["test_accuracy"]
 
 
