@@ -28,10 +28,10 @@ import sys
 import torch
 from torch import nn
 
-
 from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, setup, time_alternating,
                                write_results)
 from benchmarks.setups import NUM_CLASSES, random_batch, shape_config
+from common.cli import run_main
 from classify.model import add_classification_head, class_logits
 from gpt.attention import MultiHeadAttention, _CausalSelfAttention, fuse_qkv
 from gpt.model import GPTModel, convert_attention
@@ -213,4 +213,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

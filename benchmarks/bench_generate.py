@@ -23,6 +23,7 @@ import torch
 
 from benchmarks.common import add_common_args, command_line, machine_info, markdown_table, setup, time_alternating, write_results
 from benchmarks.setups import shape_config
+from common.cli import run_main
 from gpt.generate import generate
 from gpt.model import GPTModel
 
@@ -50,7 +51,7 @@ def main(argv=None) -> dict:
     cfg = shape_config(args.shape, n_layers=args.n_layers)
     if args.prompt_tokens + args.new_tokens > cfg.context_length:
         raise ValueError(f"--prompt-tokens {args.prompt_tokens} + --new-tokens {args.new_tokens} exceed the "
-                         f"{args.shape} context length {cfg.context_length}")
+                         f"{args.shape} context length {cfg.context_length}; ask for fewer tokens")
     machine = machine_info(device)
     model = GPTModel(cfg).to(device).eval()
     prompt = torch.randint(0, cfg.vocab_size, (args.batch_size, args.prompt_tokens),
@@ -90,4 +91,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

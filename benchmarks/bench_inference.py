@@ -27,10 +27,10 @@ import sys
 import torch
 from torch import nn
 
-
 from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, setup, time_alternating,
                                write_results)
 from benchmarks.setups import shape_config, sharing_copy
+from common.cli import run_main
 from gpt.model import GPTModel
 from gpt.params import count_parameters
 from lora import LoraConfig, apply_lora, lora_modules, merge_lora
@@ -191,4 +191,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -33,6 +33,7 @@ from benchmarks.flops import training_step_flops
 from benchmarks.profiling import profile_step
 from benchmarks.setups import (TrainStep, Variant, classifier, make_variant, random_batch, shape_config,
                                variant_models)
+from common.cli import run_main
 from gpt.device import peak_memory_bytes, reset_peak_memory
 from gpt.params import count_parameters
 
@@ -290,4 +291,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

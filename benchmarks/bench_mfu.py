@@ -25,12 +25,12 @@ import sys
 
 import torch
 
-
 from benchmarks.common import (add_common_args, command_line, gflop, machine_info, markdown_table, setup,
                                time_alternating, write_results)
 from benchmarks.flops import training_step_flops
 from benchmarks.profiling import MATMUL, profile_step
 from benchmarks.setups import TrainStep, Variant, classifier, random_batch, shape_config, variant_models
+from common.cli import run_main
 
 NAME = "mfu"
 MODULE = "benchmarks.bench_mfu"
@@ -145,4 +145,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

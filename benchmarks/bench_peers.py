@@ -33,10 +33,10 @@ import sys
 import torch
 from torch import nn
 
-
 from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, ratio, setup,
                                time_alternating, write_results)
 from benchmarks.setups import NUM_CLASSES, TrainStep, random_batch, shape_config, sharing_copy
+from common.cli import run_main
 from classify.model import add_classification_head, class_logits
 from gpt.model import GPTModel
 from gpt.params import count_parameters
@@ -312,4 +312,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -35,6 +35,7 @@ import torch
 
 from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, setup, time_alternating,
                                write_results)
+from common.cli import run_main
 from classify.data import spam_splits
 from classify.dataset import ClassificationDataset, encode_text, make_loader
 from classify.model import add_classification_head, set_trainable
@@ -241,4 +242,4 @@ def _plot(rows: dict, path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -32,12 +32,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import ROOT, machine_info, machine_line, markdown_table
+from common.cli import run_main
 from common.files import atomic_write_text
 
 BUDGET_S = 470  # all steps together; 8 minutes minus the time to start and to write the summary
@@ -199,4 +200,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-
 from benchmarks.common import QUICK_RESULTS_DIR, RESULTS_DIR
+from common.cli import run_main
 from common.files import atomic_write_text
 from gpt.device import pick_device
 
@@ -182,4 +182,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
