@@ -40,7 +40,7 @@ from common.cli import run_main
 from classify.model import add_classification_head, class_logits
 from gpt.model import GPTModel
 from gpt.params import count_parameters
-from gpt.weights import hf_to_gpt_state_dict
+from gpt.weights import GPT2_BLOCK_MODULES, hf_to_gpt_state_dict
 from lora import LoraConfig, apply_lora
 
 NAME = "peers"
@@ -48,9 +48,8 @@ MODULE = "benchmarks.bench_peers"
 # This project's target: our LoRA step at most 0.9x PEFT's (same model, same attention kernel), a from-scratch
 # layer without PEFT's general-purpose wrapping being at least 10 % faster.
 TARGET_VS_PEFT = 0.9
-# Our module names and transformers' for the same four layers of block i.
-LAYER_PAIRS = [("att.qkv", "attn.c_attn"), ("att.out_proj", "attn.c_proj"), ("ff.layers.0", "mlp.c_fc"),
-               ("ff.layers.2", "mlp.c_proj")]
+# Our module names and transformers' for the same four linear layers of block i (gpt/weights.py's one map).
+LAYER_PAIRS = [(ours, hf) for hf, ours in GPT2_BLOCK_MODULES.items() if not hf.startswith("ln_")]
 
 
 # ----------------------------------------------------------------------------- the book's LoRA, verbatim
