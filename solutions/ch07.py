@@ -9,7 +9,6 @@ Shape legend: b = batch, T = tokens, C = classes, d = emb_dim.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -27,18 +26,26 @@ from lora import LoraConfig, apply_lora, lora_trainable_count
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _finetune_spam():
-    """scripts/finetune_spam.py as a module (by path: scripts/classify.py would shadow the package)."""
-    spec = importlib.util.spec_from_file_location("script_finetune_spam", ROOT / "scripts" / "finetune_spam.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # ----------------------------------------------------------------------------- 7.1
 
-def exercise_7_1(cfg: GPTConfig | None = None) -> dict:
-    """Trainable parameters of the recipe, of LoRA r = 8 on query + value, and of full fine-tuning.
+def counts_7_1(cfg: GPTConfig | None = None) -> dict:
+    """Exercise 7.1's counts three ways: by hand, on paper (lora_trainable_count) and on a model built on the meta device."""
+    cfg = cfg or GPTConfig.from_preset("gpt-mini")
+    d, L, head = cfg.emb_dim, cfg.n_layers, cfg.emb_dim * 2 + 2
+    recipe = LoraConfig(rank=16, alpha=16, targets="all-linear", modules_to_save=("out_head",))
+    with torch.device("meta"):  # shapes only
+        classifier = GPTModel(cfg)
+        add_classification_head(classifier, 2)
+        apply_lora(classifier, recipe)
+    return {"recipe_by_hand": L * (4 * 16 * (d + d) + 2 * 16 * (d + 4 * d)) + head,
+            "recipe_on_paper": lora_trainable_count(cfg, recipe, head_out_features=2, head_bias=True),
+            "recipe_counted_on_model": count_parameters(classifier, trainable_only=True)}
+
+
+def exercise_7_1(preset: str = "gpt-mini") -> dict:
+    """Trainable parameters of the recipe, of LoRA r = 8 on query + value, and of full fine-tuning, and the recipe's
+    share of full fine-tuning and of the LoRA classifier's parameters. {"recipe", "query_value", "full": int;
+    "recipe_fraction_of_full", "recipe_fraction_of_total": float (fractions, not %)}.
 
     Answer (gpt-mini: 6 blocks, d = 256, feed-forward 4d = 1,024, a 2-class head with bias):
       recipe, r = 16 on all linear layers: per block 4 x 16 (256 + 256) for W_query, W_key, W_value,
@@ -47,36 +54,38 @@ def exercise_7_1(cfg: GPTConfig | None = None) -> dict:
       r = 8 on query and value: 6 x 2 x 8 (256 + 256) = 49,152, plus the head: 49,666;
       full fine-tuning trains every parameter of the classifier: gpt-mini's 17,665,792 (its old head was tied
       to the embedding, so it had no weights of its own) plus the new head's 514 = 17,666,306.
-    The recipe trains 2.51 % of what full fine-tuning trains, query + value 0.28 %. Most of gpt-mini is the
-    token embedding (50,257 x 256 = 12.9M), which LoRA leaves frozen.
+    The recipe trains 2.51 % of what full fine-tuning trains (442,882 / 17,666,306), query + value 0.28 %. The
+    chapter prints 2.45 %: there the denominator is every parameter of the LoRA classifier, 18,109,188 = the
+    frozen 17,666,306 (the base and the original head) + the 442,882 trainable ones (LoRA and the head's
+    trainable copy): 442,882 / 18,109,188. Most of gpt-mini is the token embedding (50,257 x 256 = 12.9M), which
+    LoRA leaves frozen.
     """
-    cfg = cfg or GPTConfig.from_preset("gpt-mini")
-    d, L, head = cfg.emb_dim, cfg.n_layers, cfg.emb_dim * 2 + 2
+    cfg = GPTConfig.from_preset(preset)
     recipe = LoraConfig(rank=16, alpha=16, targets="all-linear", modules_to_save=("out_head",))
     qv = LoraConfig(rank=8, alpha=16, targets=("query", "value"), modules_to_save=("out_head",))
-    by_hand = L * (4 * 16 * (d + d) + 2 * 16 * (d + 4 * d)) + head
     with torch.device("meta"):  # shapes only
         classifier = GPTModel(cfg)
         add_classification_head(classifier, 2)
         full = count_parameters(classifier)
         apply_lora(classifier, recipe)
-    counted = count_parameters(classifier, trainable_only=True)
-    out = {
-        "recipe_by_hand": by_hand,
-        "recipe": lora_trainable_count(cfg, recipe, head_out_features=2, head_bias=True),
-        "recipe_counted_on_model": counted,
-        "query_value_r8": lora_trainable_count(cfg, qv, head_out_features=2, head_bias=True),
-        "full": full,
-    }
-    out["recipe_fraction_of_full"] = out["recipe"] / full
-    out["query_value_fraction_of_full"] = out["query_value_r8"] / full
+        total = count_parameters(classifier)
+    n_recipe = lora_trainable_count(cfg, recipe, head_out_features=2, head_bias=True)
+    return {"recipe": n_recipe, "query_value": lora_trainable_count(cfg, qv, head_out_features=2, head_bias=True),
+            "full": full, "recipe_fraction_of_full": n_recipe / full, "recipe_fraction_of_total": n_recipe / total}
+
+
+def wrong_exercise_7_1(preset: str = "gpt-mini") -> dict:
+    """Divides by every parameter of the LoRA classifier (frozen and trainable) for the share of full fine-tuning."""
+    out = exercise_7_1(preset)
+    out["recipe_fraction_of_full"] = out["recipe_fraction_of_total"]
     return out
 
 
 # ----------------------------------------------------------------------------- 7.2
 
 @torch.no_grad()
-def exercise_7_2_padding(model: nn.Module, text: str, widths: tuple[int, ...]) -> dict[int, dict[str, torch.Tensor]]:
+def exercise_7_2(model: nn.Module, text: str = "Call now to claim your free prize",
+                 widths: tuple[int, ...] = (7, 20, 64)) -> dict[int, dict[str, torch.Tensor]]:
     """One text padded with <|endoftext|> to each width: the class logits read at the last real token and at
     the last column. {width: {"last_real": (C,), "last_column": (C,)}}.
 
@@ -94,6 +103,14 @@ def exercise_7_2_padding(model: nn.Module, text: str, widths: tuple[int, ...]) -
         out[width] = {"last_real": class_logits(model, x, torch.tensor([len(ids)]))[0],
                       "last_column": model(x)[0, -1]}
     return out
+
+
+@torch.no_grad()
+def wrong_exercise_7_2(model: nn.Module, text: str = "Call now to claim your free prize",
+                       widths: tuple[int, ...] = (7, 20, 64)) -> dict[int, dict[str, torch.Tensor]]:
+    """Reads the last real token for "last_column" too (position len(ids) - 1), not the last column of the row."""
+    out = exercise_7_2(model, text, widths)
+    return {w: {"last_real": v["last_real"], "last_column": v["last_real"].clone()} for w, v in out.items()}
 
 
 @torch.no_grad()
@@ -125,7 +142,7 @@ def exercise_7_2_accuracy(model: nn.Module, dataset: ClassificationDataset, batc
 
 # ----------------------------------------------------------------------------- 7.3
 
-def exercise_7_3(p: float = 0.95, n: int = 300, a: float = 286 / 300, b: float = 290 / 300) -> dict:
+def precision_7_3(p: float = 0.95, n: int = 300, a: float = 286 / 300, b: float = 290 / 300) -> dict:
     """How precise is an accuracy measured on n = 300 test messages?
 
     Answer: one message is 1/300 = 0.33 points, one point is 3 messages. At p = 0.95 the standard error is
@@ -147,6 +164,22 @@ def exercise_7_3(p: float = 0.95, n: int = 300, a: float = 286 / 300, b: float =
             "messages_per_point": n / 100, "points_per_message": 100 / n,
             "difference_points": 100 * (b - a), "difference_messages": round((b - a) * n),
             "se_difference": se_diff, "z": (b - a) / se_diff}
+
+
+def exercise_7_3(p: float = 0.95, n: int = 300, a: float = 286 / 300, b: float = 290 / 300) -> dict:
+    """{"se": standard error of an accuracy p on n messages, "interval": (low, high) the normal 95 % interval,
+    "messages_per_point": messages per percentage point, "z": the difference b - a over its standard error}, all
+    as fractions (not %). The answer is precision_7_3's docstring."""
+    out = precision_7_3(p, n, a, b)
+    return {"se": out["se"], "interval": out["normal_interval"], "messages_per_point": out["messages_per_point"],
+            "z": out["z"]}
+
+
+def wrong_exercise_7_3(p: float = 0.95, n: int = 300, a: float = 286 / 300, b: float = 290 / 300) -> dict:
+    """Divides the difference by the standard error of ONE accuracy, not of the difference of two."""
+    out = exercise_7_3(p, n, a, b)
+    out["z"] = (b - a) / math.sqrt(a * (1 - a) / n)
+    return out
 
 
 # ----------------------------------------------------------------------------- 7.4
@@ -194,14 +227,20 @@ def exercise_7_4(p_spam, labels, thresholds=(0.5, 0.9, 0.99)) -> dict[float, dic
     return out
 
 
+def wrong_exercise_7_4(p_spam, labels, thresholds=(0.5, 0.9, 0.99)) -> dict[float, dict]:
+    """Flags spam only when p(spam) > threshold, not >= threshold as the statement says."""
+    return exercise_7_4([p - 1e-12 for p in p_spam], labels, thresholds)
+
+
 # ----------------------------------------------------------------------------- 7.5
 
-def exercise_7_5(targets=("query", "value"), extra_flags=(), out: str | Path | None = None) -> dict:
-    """Run the main job with LoRA on other target layers (default: query and value only, the LoRA paper) and
-    return its result summary (trainable_params, train/val/test accuracy, train_seconds, steps, ...).
+def exercise_7_5(targets=("query", "value"), quick: bool = False, out: str | Path | None = None) -> dict:
+    """Run the main job (classify.finetune, what scripts/finetune_spam.py runs) with LoRA on other target layers
+    (default: query and value only, the LoRA paper) and return its result summary (trainable_params,
+    train/val/test accuracy, train_seconds, steps, ...).
 
-        exercise_7_5()                                   # gpt-mini, the recipe's other settings
-        exercise_7_5(extra_flags=["--quick"])            # a tiny random model for a few steps (tests)
+        exercise_7_5()                  # gpt-mini, the recipe's other settings
+        exercise_7_5(quick=True)        # a tiny random model for a few steps (tests)
 
     Answer (measured numbers in solutions/ch07.md): query + value at r = 16 trains 98,818 parameters instead
     of 442,882 (4.5x fewer). On gpt-mini with the recipe (seed 123) it reached 96.00 % test / 94.63 %
@@ -213,11 +252,11 @@ def exercise_7_5(targets=("query", "value"), extra_flags=(), out: str | Path | N
     layers changes what features the last token carries, adapting attention only where tokens look; on this
     easy task the frozen features are already good (the head alone reaches 90 %), so both suffice.
     """
-    fs = _finetune_spam()
-    flags = list(extra_flags) + ["--targets", *targets, "--no-progress",
-                                 "--out", str(out or ROOT / "runs" / f"spam-lora-{'-'.join(targets)}")]
-    return fs.finetune(fs.parse_args(flags))
+    from classify.finetune import FinetuneConfig, finetune
+
+    cfg = (FinetuneConfig.quick_run if quick else FinetuneConfig)(targets=tuple(targets), progress=False)
+    return finetune(cfg, out=out or ROOT / "runs" / f"spam-lora-{'-'.join(targets)}")
 
 
-__all__ = ["exercise_7_1", "exercise_7_2_padding", "exercise_7_2_accuracy", "exercise_7_3", "spam_probabilities",
-           "exercise_7_4", "exercise_7_5"]
+__all__ = ["counts_7_1", "exercise_7_1", "exercise_7_2", "exercise_7_2_accuracy", "precision_7_3", "exercise_7_3",
+           "spam_probabilities", "exercise_7_4", "exercise_7_5"]
