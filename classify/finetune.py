@@ -39,7 +39,7 @@ from classify.model import TRAINABLE_CHOICES, add_classification_head, predict_t
 from classify.saved import MIN_FREE_BYTES, classifier_info, run_folder, write_classifier
 from classify.train import evaluate, plot_history, train_classifier
 from common.files import atomic_write_text
-from gpt.device import peak_memory_mib, pick_device
+from gpt.device import peak_memory_mib, pick_device, reset_peak_memory
 from gpt.distributed import cleanup, get_world_size, init_distributed, is_main_process, shard_loader, unwrap, wrap_model
 from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
 from gpt.train import learning_rate
@@ -327,8 +327,7 @@ def _quiet(*args, **kwargs) -> None:
 
 
 def _train_and_save(cfg: FinetuneConfig, device, splits, tmp: Path | None, log, t_start: float, command) -> dict:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)  # CUDA's peak tensor memory counts from here
     bf16 = True if cfg.bf16 else None  # None: on where supported (CUDA), decided by gpt.device.use_bf16
     model, lora_cfg, fingerprint = build_classifier(cfg, device)
     data = split_datasets(splits, context_length=model.cfg.context_length)  # pads to the longest training text

@@ -13,7 +13,6 @@ only rank 0 draws a progress bar.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from classify.model import last_token_logits
 from gpt.device import autocast
-from gpt.distributed import all_reduce_sum, get_rank, get_world_size
+from gpt.distributed import all_reduce_sum, get_world_size, is_main_process, sync_gradients
 from plots.figures import new_figure, save_figure
 
 
@@ -184,7 +183,7 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
     run_loss, run_prefix, run_correct, run_n = 0.0, 0.0, 0, 0
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc="fine-tuning", unit="step", dynamic_ncols=True,
-               disable=(None if progress else True) if get_rank() == 0 else True)
+               disable=(None if progress else True) if is_main_process() else True)
 
     def record(epoch_float: float) -> None:
         nonlocal run_loss, run_prefix, run_correct, run_n
@@ -203,7 +202,7 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
         history.seconds.append(time.perf_counter() - t0)
         run_loss, run_prefix, run_correct, run_n = 0.0, 0.0, 0, 0
         bar.set_postfix_str(f"loss {history.train_loss[-1]:.3f} | val acc {100 * val['accuracy']:.1f}%")
-        if log is not None and get_rank() == 0:
+        if log is not None and is_main_process():
             log(f"epoch {epoch_float:5.2f} | step {step:>5} | seen {seen:>6,} | train loss {history.train_loss[-1]:.3f} "
                 f"acc {100 * history.train_accuracy[-1]:5.1f}% | val loss {val['loss']:.3f} "
                 f"acc {100 * val['accuracy']:5.1f}% | {history.seconds[-1]:.0f} s")
@@ -225,8 +224,7 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
             for j, micro_batch in enumerate(micro):
                 # Under DDP, synchronise gradients once per step (on the last micro-batch), not per micro-batch.
                 last = j == len(micro) - 1
-                sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-                with sync:
+                with sync_gradients(model, last):
                     # Both terms are computed (and logged) whatever prefix_weight is: the same forward pass.
                     last, prefix_loss, correct, b = batch_loss_terms(model, micro_batch, device, bf16)
                     loss = last + prefix_weight * prefix_loss if prefix_weight else last
