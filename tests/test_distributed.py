@@ -298,8 +298,6 @@ def test_sharded_batch_sampler_gives_each_rank_its_share_of_the_same_batches():
 FINETUNE_SCRIPT = ROOT / "scripts" / "finetune_spam.py"
 
 
-@pytest.mark.skipif(not FINETUNE_SCRIPT.exists() or "shard_loader" not in FINETUNE_SCRIPT.read_text(),
-                    reason="scripts/finetune_spam.py has no DDP plumbing yet (the diff is in helper R's report)")
 def test_finetune_script_under_torchrun_equals_one_process(tmp_path):
     """The chapter script itself, `torchrun --nproc_per_node=2 scripts/finetune_spam.py --quick`,
     against `python scripts/finetune_spam.py --quick`: same accuracies, losses and adapter."""
