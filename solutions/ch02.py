@@ -120,3 +120,51 @@ def exercise_2_4(dims: tuple[int, ...] = (16, 64, 256), n: int = 20_000, seed: i
         dots = (q * k).sum(dim=-1)  # (n,)
         result[d] = (dots.var().item(), (dots / math.sqrt(d)).var().item())
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planted wrong answers: each makes one mistake a student could make; the exercise checks must reject them.
+
+def wrong_exercise_2_1(seed: int = 123, d: int = 16, num_heads: int = 2, T: int = 6) -> dict[str, float]:
+    """Runs the masked module for "without_mask" too (forgets to remove the mask)."""
+    torch.manual_seed(seed)
+    attn = MultiHeadAttention(d, d, context_length=T, dropout=0.0, num_heads=num_heads).eval()
+    x = torch.randn(1, T, d)
+    x_changed = x.clone()
+    x_changed[0, -1] = torch.randn(d)
+    with torch.no_grad():
+        change = (attn(x_changed)[0, 0] - attn(x)[0, 0]).abs().max().item()
+    return {"with_mask": change, "without_mask": change}
+
+
+def wrong_exercise_2_2(d: int = 768, num_heads: int = 12) -> dict[str, dict[str, int]]:
+    """The formula forgets out_proj's bias: 4 d^2 (+ 3d) instead of 4 d^2 + d (+ 3d)."""
+    result = exercise_2_2(d, num_heads)
+    for key, entry in result.items():
+        entry["formula"] -= d
+    return result
+
+
+def wrong_exercise_2_3(seed: int = 123, d_in: int = 8, d_out: int = 6, T: int = 5) -> float:
+    """Leaves out_proj at its random initialisation instead of the identity."""
+    torch.manual_seed(seed)
+    single = CausalAttention(d_in, d_out, context_length=T, dropout=0.0).eval()
+    multi = MultiHeadAttention(d_in, d_out, context_length=T, dropout=0.0, num_heads=1).eval()
+    with torch.no_grad():
+        for name in ("W_query", "W_key", "W_value"):
+            getattr(multi, name).load_state_dict(getattr(single, name).state_dict())
+        x = torch.randn(2, T, d_in)
+        return (multi(x) - single(x)).abs().max().item()
+
+
+def wrong_exercise_2_4(dims: tuple[int, ...] = (16, 64, 256), n: int = 20_000,
+                       seed: int = 123) -> dict[int, tuple[float, float]]:
+    """Divides the dot products by d instead of sqrt(d): the scaled variance shrinks like 1 / d."""
+    gen = torch.Generator().manual_seed(seed)
+    result = {}
+    for d in dims:
+        q = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        k = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        dots = (q * k).sum(dim=-1)
+        result[d] = (dots.var().item(), (dots / d).var().item())
+    return result
