@@ -17,7 +17,8 @@ import torch
 from classify.model import add_classification_head
 from gpt.config import GPTConfig
 from gpt.model import GPTModel
-from lora import LoraConfig, apply_lora, load_adapter, lora_trainable_count, read_adapter, save_adapter
+from lora import (LoraConfig, active_adapter, adapter_configs, apply_lora, load_adapter, lora_trainable_count, read_adapter,
+                  save_adapter)
 
 
 def _base(preset: str = "gpt-tiny", seed: int = 123) -> GPTModel:
@@ -40,7 +41,7 @@ def _spam_model(preset: str = "gpt-tiny", rank: int = 8, seed: int = 123) -> GPT
     return model.eval()
 
 
-def exercise_8_1(folder: str | Path, preset: str = "gpt-tiny") -> dict:
+def details_8_1(folder: str | Path, preset: str = "gpt-tiny") -> dict:
     """One self-contained file: save_adapter to a path ending in .safetensors, read the config back.
 
     Answer: the file's metadata holds the whole config: format and format_version, adapter_name,
@@ -66,7 +67,7 @@ def exercise_8_1(folder: str | Path, preset: str = "gpt-tiny") -> dict:
             "tensor_names": sorted(tensors), "fresh_vs_trained_max_diff": diff}
 
 
-def exercise_8_2(folder: str | Path, preset: str = "gpt-tiny") -> dict:
+def details_8_2(folder: str | Path, preset: str = "gpt-tiny") -> dict:
     """A base that differs in ONE number.
 
     Answer: load_adapter refuses with "this adapter was made for another base model (weights
@@ -99,7 +100,7 @@ def exercise_8_2(folder: str | Path, preset: str = "gpt-tiny") -> dict:
             "logit_diff_on_perturbed_base": diff}
 
 
-def exercise_8_3(folder: str | Path, preset: str = "gpt-tiny", ranks=(1, 2, 4, 8, 16)) -> dict[int, dict[str, int]]:
+def details_8_3(folder: str | Path, preset: str = "gpt-tiny", ranks=(1, 2, 4, 8, 16)) -> dict[int, dict[str, int]]:
     """File size against rank, predicted from the shapes.
 
     Answer: the file holds r (d_in + d_out) float32 numbers per wrapped layer, plus the head's
@@ -125,7 +126,7 @@ def exercise_8_3(folder: str | Path, preset: str = "gpt-tiny", ranks=(1, 2, 4, 8
     return out
 
 
-def exercise_8_4() -> dict[str, dict[str, float]]:
+def details_8_4() -> dict[str, dict[str, float]]:
     """Extra multiply-adds per token of an unmerged adapter, relative to the frozen linear layers.
 
     Answer: a LoRA branch on a d_in -> d_out layer costs d_in r + r d_out multiply-adds per token
@@ -149,4 +150,84 @@ def exercise_8_4() -> dict[str, dict[str, float]]:
         extra = lora_trainable_count(cfg, lcfg)  # multiply-adds per token = LoRA parameters
         base = cfg.n_layers * 12 * cfg.emb_dim ** 2
         out[name] = {"extra_macs_per_token": extra, "base_linear_macs_per_token": base, "ratio": extra / base}
+    return out
+
+
+# ----------------------------------------------------------------------------- the notebook's answer functions
+
+def exercise_8_1(model, path) -> dict:
+    """Save `model`'s active adapter (the chapter's: "spam") as ONE file at `path` (ending in .safetensors) and
+    return the configuration read back from that file's metadata (lora.read_adapter). The answer: details_8_1."""
+    path = save_adapter(model, path, name=active_adapter(model))
+    config, _ = read_adapter(path)
+    return config
+
+
+def wrong_exercise_8_1(model, path) -> dict:
+    """Saves a folder (adapter.safetensors + adapter_config.json) at `path` instead of one file."""
+    folder = save_adapter(model, Path(str(path) + "_folder"), name=active_adapter(model))
+    config, _ = read_adapter(folder)
+    return config
+
+
+def exercise_8_2(make_base, adapter, nudge: float = 1e-3) -> dict:
+    """Add `nudge` to ONE weight of a fresh base (make_base()), try to load `adapter` onto it, then load it with
+    check_base=False: {"error": the refusal's message (str), "loaded_with_check_base_false": bool}. The answer:
+    details_8_2."""
+    base = make_base()
+    with torch.no_grad():
+        base.trf_blocks[-1].ff.layers[0].weight[0, 0] += nudge
+    try:
+        load_adapter(base, adapter)
+        error = None
+    except ValueError as err:
+        error = str(err)
+    load_adapter(base, adapter, check_base=False)
+    return {"error": error, "loaded_with_check_base_false": bool(adapter_configs(base))}
+
+
+def wrong_exercise_8_2(make_base, adapter, nudge: float = 1e-3) -> dict:
+    """Nudges a clone of the weight instead of the weight itself: the base is unchanged, nothing is refused."""
+    base = make_base()
+    with torch.no_grad():
+        w = base.trf_blocks[-1].ff.layers[0].weight.clone()
+        w[0, 0] += nudge
+    try:
+        load_adapter(base, adapter)
+        error = None
+    except ValueError as err:
+        error = str(err)
+    return {"error": error, "loaded_with_check_base_false": bool(adapter_configs(base))}
+
+
+def exercise_8_3(preset: str = "gpt-mini", ranks=(1, 2, 4, 8, 16)) -> dict[int, int]:
+    """{rank: bytes of tensor data in the spam adapter's file}, predicted from the shapes: LoRA on every linear layer
+    of the blocks at that rank plus the 2-class head's weight and bias, float32. The answer: details_8_3."""
+    cfg = GPTConfig.from_preset(preset)
+    d, n = cfg.emb_dim, cfg.n_layers
+    return {r: 4 * (n * (4 * r * (d + d) + 2 * r * (d + 4 * d)) + d * 2 + 2) for r in ranks}
+
+
+def wrong_exercise_8_3(preset: str = "gpt-mini", ranks=(1, 2, 4, 8, 16)) -> dict[int, int]:
+    """Forgets the head's copy, which the adapter saves with its LoRA matrices."""
+    cfg = GPTConfig.from_preset(preset)
+    return {r: b - 4 * (cfg.emb_dim * 2 + 2) for r, b in exercise_8_3(preset, ranks).items()}
+
+
+def exercise_8_4(preset: str = "gpt-mini", rank: int = 8, targets=("all-linear",)) -> dict:
+    """Extra multiply-adds per token of an unmerged adapter against those of the blocks' frozen linear layers:
+    {"extra_macs_per_token": int, "base_linear_macs_per_token": int, "ratio": float}. The answer: details_8_4."""
+    cfg = GPTConfig.from_preset(preset)
+    extra = lora_trainable_count(cfg, LoraConfig(rank=rank, targets=tuple(targets)))
+    base = cfg.n_layers * 12 * cfg.emb_dim ** 2
+    return {"extra_macs_per_token": extra, "base_linear_macs_per_token": base, "ratio": extra / base}
+
+
+def wrong_exercise_8_4(preset: str = "gpt-mini", rank: int = 8, targets=("all-linear",)) -> dict:
+    """Divides by every parameter of the model (the token embedding included), not the blocks' linear layers."""
+    out = exercise_8_4(preset, rank, targets)
+    with torch.device("meta"):
+        total = sum(p.numel() for p in GPTModel(GPTConfig.from_preset(preset)).parameters())
+    out["base_linear_macs_per_token"] = total
+    out["ratio"] = out["extra_macs_per_token"] / total
     return out

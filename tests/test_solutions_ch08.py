@@ -11,7 +11,7 @@ from solutions import ch08
 
 
 def test_exercise_8_1_one_file_is_the_whole_adapter(tmp_path):
-    out = ch08.exercise_8_1(tmp_path)
+    out = ch08.details_8_1(tmp_path)
     assert out["files"] == ["spam.safetensors"]  # no adapter_config.json: the config is in the file's metadata
     assert out["config_keys"] == ["adapter_name", "base_model", "format", "format_version", "lora", "lora_modules",
                                   "modules_to_save", "tensors_sha256"]
@@ -27,7 +27,7 @@ def test_exercise_8_1_one_file_is_the_whole_adapter(tmp_path):
 
 
 def test_exercise_8_2_one_changed_number_is_named(tmp_path):
-    out = ch08.exercise_8_2(tmp_path)
+    out = ch08.details_8_2(tmp_path)
     assert out["error"] is not None
     assert "another base model" in out["error"] and out["changed_tensor"] in out["error"]
     assert "check_base=False" in out["error"]
@@ -36,7 +36,7 @@ def test_exercise_8_2_one_changed_number_is_named(tmp_path):
 
 
 def test_exercise_8_3_file_size_is_predicted_from_the_shapes(tmp_path):
-    out = ch08.exercise_8_3(tmp_path)
+    out = ch08.details_8_3(tmp_path)
     assert sorted(out) == [1, 2, 4, 8, 16]
     for r, row in out.items():
         assert row["tensor_bytes"] == row["predicted_bytes"] == 4 * (1_152 * r + 66)
@@ -46,7 +46,7 @@ def test_exercise_8_3_file_size_is_predicted_from_the_shapes(tmp_path):
 
 
 def test_exercise_8_4_extra_arithmetic_of_an_unmerged_adapter():
-    out = ch08.exercise_8_4()
+    out = ch08.details_8_4()
     mini = out["gpt-mini, r=8, all-linear"]
     assert mini["extra_macs_per_token"] == 221_184 and mini["base_linear_macs_per_token"] == 4_718_592
     assert mini["ratio"] == pytest.approx(0.046875)
