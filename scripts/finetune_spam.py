@@ -16,26 +16,16 @@ replaces --out only when complete; --out must be new, empty or an earlier run's 
 before any training (common.cli.run_main; --debug shows the traceback).
 
 The recipe is the book's appendix E (r=16, alpha=16, AdamW lr 8e-4, weight decay 0.1, batch 8,
-LoRA on every linear layer) with two changes chosen on the VALIDATION set only (never the test
-set): 3 epochs instead of 5 (to stay under 5 minutes on a 2-core CPU) and a cosine learning-rate
-decay after 20 warm-up steps instead of a constant rate (seeds 123 and 124 on the first shipped
-base, validation accuracy 97.3 % / 97.3 % vs 95.3 % / 96.0 %). LoRA on query and value only
-reached 93.3 % validation accuracy there (seed 123, constant lr; with today's recipe and base 94.63 %,
-solutions/ch07.md). `--schedule constant` gives the book's behaviour.
+LoRA on every linear layer) with two changes chosen on the VALIDATION set only (never the test set):
+3 epochs instead of 5 (to stay within minutes on a 2-core CPU) and a cosine learning-rate decay after
+20 warm-up steps instead of a constant rate (`--schedule constant` gives the book's behaviour).
 
 And one change to the loss, NOT chosen on the validation set: besides the cross-entropy at each
 message's last token (the book's), the same loss at every token (--prefix-weight 1), i.e. on every
-beginning of every training message. Only 4 of the 517 training spam messages have 10 tokens or
-fewer (168 of the 528 ham do), and trained on whole messages the classifier learns "short means
-ham": it calls "You won a free cruise, call now" ham with p(spam) 0.00 (notebook 7.6). With the
-prefix loss, seeds 123 / 124 / 125 give it p(spam) 0.78 / 0.77 / 0.45. On validation the two losses
-are level within one message (95.97 % vs 96.42 %, mean of the three seeds), on test the prefix loss
-is ahead (97.11 % vs 96.44 %); --prefix-weight 0 gives the book's loss
-(results/spam_comparison.md, rows lora-separate and lora-whole).
-
-Measured with the defaults on the project's 2-core CPU, nearly idle (2 threads): 45 s in all, 40 s
-of training (notebook 7.3's committed run); train 99.43 %, validation 96.64 %, test 97.00 % (seed 123). Seeds 123 / 124 / 125:
-test 97.00 / 97.00 / 97.33 % (results/spam_floor.json).
+beginning of every training message, because few training spam messages are short and a classifier
+trained on whole messages learns "short means ham" (notebook 7.6 shows it token by token);
+--prefix-weight 0 gives the book's loss. What each choice measured, with three seeds:
+results/spam_comparison.md (rows lora-separate and lora-whole) and results/spam_floor.json.
 """
 
 from __future__ import annotations

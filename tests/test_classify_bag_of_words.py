@@ -35,7 +35,7 @@ def test_size_is_two_weights_per_training_token_plus_two_biases(bow, splits):
     assert bow.num_parameters() == 2 * 4_788 + 2 == 9_578
 
 
-def test_scores_on_the_spam_split_and_classifies_the_issue_example(bow, splits):
+def test_scores_on_the_spam_split_and_classifies_the_cruise_message(bow, splits):
     """No GPT: measured 95.97 % validation (143 of 149) and 96.00 % test accuracy (288 of 300), against the
     fine-tuned GPT's 97.1 % test; floors a point below, so that float rounding on another CPU cannot fail it.
     And it calls the cruise message spam (measured p = 0.79)."""

@@ -7,7 +7,7 @@ quick mode (LORA_QUICK=1: fewer steps, smaller models), with figures and files r
 temporary folder so the committed figures are never overwritten, and we check the committed
 files separately: executed, no error cells, from a full run, small.
 
-Devices (issue 7): every notebook's first code cell picks DEVICE with gpt.device.pick_device from
+Devices: every notebook's first code cell picks DEVICE with gpt.device.pick_device from
 the environment variable LORA_DEVICE ("auto": CUDA, then Apple MPS, then CPU). The quick-mode runs
 here set LORA_DEVICE=cpu, so CI says which device it tests instead of inheriting whatever the
 machine has.
@@ -105,5 +105,5 @@ def test_unknown_device_stops_the_first_cell(tmp_path, monkeypatch):
 
 
 def test_no_notebook_is_missing():
-    """The eight chapters of issue 5 exist (guards against a glob that silently matches nothing)."""
-    assert len(NOTEBOOKS) == 8, [p.name for p in NOTEBOOKS]
+    """Every chapter exists (guards against a glob that silently matches nothing)."""
+    assert len(NOTEBOOKS) == 9, [p.name for p in NOTEBOOKS]

@@ -185,7 +185,7 @@ def test_quick_comparison_writes_table_json_curves_and_floor(tmp_path):
     assert all(r["schedule"] == "constant" for rs in runs.values() for r in rs)
     assert runs["lora-fused"][0]["attention"] == "fused"
     assert runs["lora-whole"][0]["prefix_weight"] == 0.0 and runs["lora-separate"][0]["prefix_weight"] == 1.0
-    # every run classified the probes; the table shows the example's mean p(spam) per row
+    # every run classified the probes; the table shows the cruise message's mean p(spam) per row
     for name, row in rows.items():
         assert row["probe_p_spam"] == pytest.approx(
             sum(r["probes_p_spam"][compare.PROBE] for r in runs[name]) / len(runs[name]))
