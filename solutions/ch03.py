@@ -114,3 +114,42 @@ def exercise_3_4(n_params: int | None = None, trainable_fraction: float = 0.01) 
         "adamw_fp32_full_gb": 16 * n_params / 1e9,
         "adamw_fp32_partial_gb": (4 * n_params + 12 * trainable) / 1e9,
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planted wrong answers: each makes one mistake a student could make; the exercise checks must reject them.
+
+def wrong_exercise_3_1(cfg: GPTConfig) -> int:
+    """Forgets the final LayerNorm (2 d parameters)."""
+    return exercise_3_1(cfg) - 2 * cfg.emb_dim
+
+
+def wrong_exercise_3_2(cfg: GPTConfig, head_dim: int) -> GPTModel:
+    """Builds the narrower attention but never puts it into the blocks."""
+    model = GPTModel(cfg)
+    HeadDimAttention(cfg.emb_dim, cfg.n_heads, head_dim, cfg.context_length, cfg.drop_rate, cfg.qkv_bias, cfg.sdpa)
+    return model
+
+
+def wrong_exercise_3_3(cfg: GPTConfig | None = None, t: int = 5, T: int = 10, seed: int = 123) -> dict[str, float]:
+    """Never switches to eval mode: dropout stays on for the causality test and the 'eval' passes."""
+    cfg = cfg or GPTConfig.from_preset("gpt-tiny", drop_rate=0.1)
+    torch.manual_seed(seed)
+    model = GPTModel(cfg).train()
+    ids = torch.randint(0, cfg.vocab_size, (1, T))
+    changed = ids.clone()
+    changed[0, t] = (ids[0, t] + 1) % cfg.vocab_size
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+        one, two = model(ids), model(ids)
+    return {"change_before_t": (a[:, :t] - b[:, :t]).abs().max().item(),
+            "change_from_t": (a[:, t:] - b[:, t:]).abs().max().item(),
+            "train_passes_differ_by": (one - two).abs().max().item(),
+            "eval_passes_differ_by": (one - two).abs().max().item()}
+
+
+def wrong_exercise_3_4(n_params: int | None = None, trainable_fraction: float = 0.01) -> dict[str, float]:
+    """Counts 12 bytes per parameter for full AdamW training: the gradient and two moments, not the weight."""
+    result = exercise_3_4(n_params, trainable_fraction)
+    result["adamw_fp32_full_gb"] = 12 * result["parameters"] / 1e9
+    return result
