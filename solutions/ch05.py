@@ -40,6 +40,7 @@ def exercise_5_1(d: int = 64, k: int = 48, r: int = 4, seed: int = 123) -> dict[
 def exercise_5_2(shapes=((768, 768), (512, 64), (10, 8))) -> dict[tuple[int, int], dict]:
     """The rank at which LoRA stops saving parameters: r (d + k) = d k  <=>  r* = d k / (d + k).
 
+    Returns {(d, k): {"break_even": r* (float), "first_worse_rank": the smallest int rank that costs more}}.
     Answer: 768 x 768: r* = 384 exactly (r = 384 costs the same 589,824, r = 385 costs more);
     512 x 64: r* = 56.9, r = 57 is the first rank that costs more (32,832 > 32,768);
     10 x 8: r* = 4.44, r = 5 costs 90 > 80. At r* the "low-rank" update is no longer low-rank in any
@@ -47,10 +48,9 @@ def exercise_5_2(shapes=((768, 768), (512, 64), (10, 8))) -> dict[tuple[int, int
     """
     out = {}
     for d, k in shapes:
-        break_even = d * k / (d + k)
-        first_worse = next(r for r in range(1, min(d, k) + 2) if lora_parameter_count(d, k, r) > full_parameter_count(d, k))
-        out[(d, k)] = {"break_even": break_even, "first_worse_rank": first_worse,
-                       "cost_at_first_worse": lora_parameter_count(d, k, first_worse), "full": full_parameter_count(d, k)}
+        full = full_parameter_count(d, k)
+        first_worse = next(r for r in range(1, min(d, k) + 2) if lora_parameter_count(d, k, r) > full)
+        out[(d, k)] = {"break_even": d * k / (d + k), "first_worse_rank": first_worse}
     return out
 
 
@@ -64,7 +64,7 @@ def exercise_5_3(d_in: int = 32, d_out: int = 24, r: int = 16, seed: int = 123) 
     learning rate whatever the gradient's size, so the change of A and B per step is the same in all
     three, and the change of the *output* is proportional to the scale. The first printing's "alpha" at
     r = 16 therefore moves the model 16x further per step than "alpha/r" at the same learning rate
-    (roughly like a 16x larger learning rate), which is what degrades training in notebook section 5.6.
+    (roughly like a 16x larger learning rate), which notebook section 5.6 measures on the first update.
     """
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(d_in, r, generator=g)
@@ -85,13 +85,15 @@ def exercise_5_3(d_in: int = 32, d_out: int = 24, r: int = 16, seed: int = 123) 
             "ratio_alpha_vs_alpha_r": float(first_printing.norm() / branch(16, "alpha/r").norm())}
 
 
-def svd_init(delta_w: torch.Tensor, r: int, alpha: float = 16.0) -> LoRALayer:
+def exercise_5_4(delta_w: torch.Tensor, r: int, alpha: float = 16.0) -> LoRALayer:
     """A LoRA branch whose update is the best rank-r approximation of `delta_w` (d_out, d_in).
 
     delta_w = U S V^T. The branch computes scale * x A B, i.e. its update in nn.Linear's layout is
     scale * (A B)^T = scale * B^T A^T. Put the singular values' square roots on both sides:
     A = V_r sqrt(S_r) (d_in, r), B = sqrt(S_r) U_r^T / scale (r, d_out); then scale * (A B)^T = U_r S_r V_r^T.
-    (PiSSA, Meng et al. 2024, initialises LoRA from the SVD of W itself in the same way.)
+    Answer: at r = rank(delta_w) the branch computes x delta_w^T exactly (to float rounding); below it, the
+    Frobenius error of its update is sqrt(sum of the left-out sigma^2), the Eckart-Young bound, and no rank-r
+    update does better. (PiSSA, Meng et al. 2024, initialises LoRA from the SVD of W itself in the same way.)
     """
     d_out, d_in = delta_w.shape
     U, S, Vh = torch.linalg.svd(delta_w, full_matrices=False)
@@ -103,19 +105,13 @@ def svd_init(delta_w: torch.Tensor, r: int, alpha: float = 16.0) -> LoRALayer:
     return layer
 
 
-def exercise_5_4(d_out: int = 40, d_in: int = 30, true_rank: int = 4, seed: int = 123) -> dict[str, float]:
-    """Initialise LoRA from the SVD of a rank-4 update and measure the error at r = 4 and r = 2.
-
-    Answer: at r = 4 the branch reproduces x delta_W^T exactly (up to float rounding, ~1e-6); at r = 2 the
-    Frobenius error of its update is sqrt(sigma_3^2 + sigma_4^2), the Eckart-Young bound, and no rank-2
-    update can do better.
-    """
+def svd_init_errors(d_out: int = 40, d_in: int = 30, true_rank: int = 4, seed: int = 123) -> dict[str, float]:
+    """The numbers behind the answer to 5.4: a random rank-4 update, its branch at r = 4 and r = 2."""
     g = torch.Generator().manual_seed(seed)
     delta = torch.randn(d_out, true_rank, generator=g) @ torch.randn(true_rank, d_in, generator=g)
     S = torch.linalg.svdvals(delta)
     x = torch.randn(7, d_in, generator=g)
-    exact = svd_init(delta, true_rank)
-    half = svd_init(delta, 2)
+    exact, half = exercise_5_4(delta, true_rank), exercise_5_4(delta, 2)
     return {
         "output_error_r4": float((exact(x).detach() - x @ delta.T).abs().max()),
         "update_error_r4": float(torch.linalg.norm(exact.delta_weight().detach().T - delta)),
@@ -152,6 +148,69 @@ def exercise_5_5(d_in: int = 16, d_out: int = 12, r: int = 4, seed: int = 123) -
         y = layer(x)
         loss = (y - target).square().mean()
         loss.backward()
+        out[case] = {"output_norm": float(y.detach().norm()), "grad_A": float(layer.lora_A.grad.norm()),
+                     "grad_B": float(layer.lora_B.grad.norm())}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planted wrong answers: each makes one mistake a student could make; the exercise checks must reject them.
+
+def wrong_exercise_5_1(d: int = 64, k: int = 48, r: int = 4, seed: int = 123) -> dict[str, int]:
+    """Adds the same adapter to itself (2 B A) instead of drawing a second one: the sum keeps rank r."""
+    out = exercise_5_1(d, k, r, seed)
+    g = torch.Generator().manual_seed(seed)
+    B, A = torch.randn(d, r, generator=g, dtype=torch.float64), torch.randn(r, k, generator=g, dtype=torch.float64)
+    out["rank_sum"] = int(torch.linalg.matrix_rank(B @ A + B @ A))
+    return out
+
+
+def wrong_exercise_5_2(shapes=((768, 768), (512, 64), (10, 8))) -> dict[tuple[int, int], dict]:
+    """Rounds the break-even rank up: at a whole-number break-even that rank costs the same, not more."""
+    return {(d, k): {"break_even": d * k / (d + k), "first_worse_rank": math.ceil(d * k / (d + k))} for d, k in shapes}
+
+
+def wrong_exercise_5_3(d_in: int = 32, d_out: int = 24, r: int = 16, seed: int = 123) -> dict[str, float]:
+    """Matches "alpha" with alpha * sqrt(r) under "alpha/r" (the rsLoRA factor), instead of alpha * r."""
+    g = torch.Generator().manual_seed(seed)
+    A, B, x = torch.randn(d_in, r, generator=g), torch.randn(r, d_out, generator=g), torch.randn(5, d_in, generator=g)
+
+    def branch(alpha, scaling):
+        layer = LoRALayer(d_in, d_out, rank=r, alpha=alpha, scaling=scaling)
+        with torch.no_grad():
+            layer.lora_A.copy_(A)
+            layer.lora_B.copy_(B)
+        return layer(x).detach()
+
+    return {"max_diff_alpha": float((branch(16, "alpha") - branch(16 * math.sqrt(r), "alpha/r")).abs().max()),
+            "max_diff_sqrt": float((branch(16, "alpha/sqrt(r)") - branch(16 * math.sqrt(r), "alpha/r")).abs().max()),
+            "ratio_alpha_vs_alpha_r": float(branch(16, "alpha").norm() / branch(16, "alpha/r").norm())}
+
+
+def wrong_exercise_5_4(delta_w: torch.Tensor, r: int, alpha: float = 16.0) -> LoRALayer:
+    """Forgets the branch's scale alpha / r: the update comes out scale times too large."""
+    d_out, d_in = delta_w.shape
+    U, S, Vh = torch.linalg.svd(delta_w, full_matrices=False)
+    layer = LoRALayer(d_in, d_out, rank=r, alpha=alpha)
+    with torch.no_grad():
+        layer.lora_A.copy_(Vh[:r].T * S[:r].sqrt())
+        layer.lora_B.copy_(S[:r].sqrt()[:, None] * U[:, :r].T)
+    return layer
+
+
+def wrong_exercise_5_5(d_in: int = 16, d_out: int = 12, r: int = 4, seed: int = 123) -> dict[str, dict[str, float]]:
+    """Starts B at zero in every case (LoRA's habit), so "A zero, B random" and "both random" are not what they say."""
+    g = torch.Generator().manual_seed(seed)
+    x, target = torch.randn(8, d_in, generator=g), torch.randn(8, d_out, generator=g)
+    out = {}
+    for case in ("A random, B zero", "A zero, B random", "both zero", "both random"):
+        layer = LoRALayer(d_in, d_out, rank=r, alpha=2 * r)
+        with torch.no_grad():
+            layer.lora_A.copy_(torch.zeros(d_in, r) if case in ("A zero, B random", "both zero")
+                               else torch.randn(d_in, r, generator=g))
+            layer.lora_B.zero_()
+        y = layer(x)
+        (y - target).square().mean().backward()
         out[case] = {"output_norm": float(y.detach().norm()), "grad_A": float(layer.lora_A.grad.norm()),
                      "grad_B": float(layer.lora_B.grad.norm())}
     return out

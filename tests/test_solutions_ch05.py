@@ -22,9 +22,8 @@ def test_exercise_5_2_break_even_ranks():
     assert out[(768, 768)]["first_worse_rank"] == 385
     assert out[(512, 64)]["break_even"] == pytest.approx(56.888, abs=1e-3)
     assert out[(512, 64)]["first_worse_rank"] == 57
-    assert out[(512, 64)]["cost_at_first_worse"] == 32_832 and out[(512, 64)]["full"] == 32_768
     assert out[(10, 8)]["break_even"] == pytest.approx(4.444, abs=1e-3)
-    assert out[(10, 8)]["first_worse_rank"] == 5 and out[(10, 8)]["cost_at_first_worse"] == 90
+    assert out[(10, 8)]["first_worse_rank"] == 5
 
 
 def test_exercise_5_3_scalings_are_reparametrisations():
@@ -35,7 +34,7 @@ def test_exercise_5_3_scalings_are_reparametrisations():
 
 
 def test_exercise_5_4_svd_initialisation_meets_eckart_young():
-    out = ch05.exercise_5_4()
+    out = ch05.svd_init_errors()
     assert out["output_error_r4"] < 1e-4
     assert out["update_error_r4"] < 1e-4 * out["norm"]
     assert out["update_error_r2"] == pytest.approx(out["eckart_young_r2"], rel=1e-4)
@@ -57,7 +56,7 @@ def test_exercise_5_5_gradients_at_initialisation():
 def test_svd_init_refuses_a_rank_larger_than_the_matrix():
     delta = torch.randn(6, 5)
     with pytest.raises(ValueError, match="rank"):
-        ch05.svd_init(delta, r=6)  # a rank larger than min(d_in, d_out) is refused by LoRALayer
+        ch05.exercise_5_4(delta, r=6)  # a rank larger than min(d_in, d_out) is refused by LoRALayer
 
 
 # ----------------------------------------------------------------------------- the chapter script
