@@ -1,14 +1,15 @@
-"""The issue's floor: LoRA on the shipped gpt-mini reaches >= 94 % test accuracy (mean of three seeds) and
-stays within one point of full fine-tuning.
+"""The headline: LoRA on the shipped gpt-mini reaches >= 94 % test accuracy (mean of three seeds) and
+stays within one point of full fine-tuning on the same base. The 94 % is this project's target for
+the main job (the book's LoRA on the real GPT-2 124M reports 96.67 %; gpt-mini is 7x smaller).
 
-One LoRA run on gpt-mini takes minutes on a 2-core CPU, too long for the test suite, so the
-measurement is a benchmark: `python scripts/compare_finetuning.py --seeds 123 124 125` writes
-results/spam_floor.json. These tests check that record against the checkpoint that is shipped
-(a re-trained base invalidates it) and, when LFS_SLOW=1 is set, re-run the main job on one seed.
+The three-seed comparison with full fine-tuning is a benchmark (`python scripts/compare_finetuning.py
+--seeds 123 124 125`, about 18 minutes), which writes results/spam_floor.json; the first test checks
+that record against the checkpoint that is shipped (a re-trained base invalidates it). The second
+re-measures the main job itself on seed 123 in every test run (about two minutes on one thread), so
+the headline cannot silently drift from what the code now does.
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -34,12 +35,10 @@ def test_floor_record_is_for_the_shipped_base_and_meets_the_floor():
 
 
 @needs_base
-@pytest.mark.skipif(os.environ.get("LFS_SLOW") != "1", reason="minutes on a CPU; set LFS_SLOW=1 to run")
 def test_main_job_beats_the_floor_on_seed_123(tmp_path):
-    import importlib.util
+    """The main job with its defaults (scripts/finetune_spam.py), seed 123, trained here and now."""
+    from classify.finetune import FinetuneConfig, finetune
 
-    spec = importlib.util.spec_from_file_location("finetune_spam", ROOT / "scripts" / "finetune_spam.py")
-    finetune_spam = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finetune_spam)
-    result = finetune_spam.main(["--out", str(tmp_path), "--seed", "123", "--no-progress"])
-    assert result["test_accuracy"] >= 0.94
+    result = finetune(FinetuneConfig(seed=123, progress=False), out=tmp_path / "spam-lora", log=lambda line: None)
+    assert result["test_accuracy"] >= 0.94, result["test_accuracy"]
+    assert result["val_accuracy"] >= 0.94, result["val_accuracy"]
