@@ -120,7 +120,7 @@ def exercise_4_3(out_dir: str | Path, steps: int = 8, crash_at: int = 6, seed: i
             "final_val_loss": history.val_loss[-1]}
 
 
-def gpt_to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
+def exercise_4_4(model: GPTModel) -> dict[str, torch.Tensor]:
     """Exercise 4.4: our GPTModel's weights under GPT-2's names and layout (the inverse of
     gpt.weights.hf_to_gpt_state_dict). Conv1D weights are stored (in, out): transpose every linear
     weight back; the separate W_query / W_key / W_value are concatenated into c_attn's [q | k | v]."""
@@ -152,8 +152,8 @@ def gpt_to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
     return out
 
 
-def exercise_4_4(seed: int = 123) -> dict:
-    """Move a random GPTModel into transformers' GPT2LMHeadModel and compare logits.
+def compare_with_transformers(seed: int = 123) -> dict:
+    """Exercise 4.4's answer at work: move a random GPTModel into transformers' GPT2LMHeadModel and compare logits.
 
     Answer: GPT-2 always has c_attn biases, so a model without qkv_bias maps to zero biases (same function).
     transformers' GPT-2 computes the same function: the logits agree to float rounding (on this CPU they
@@ -172,7 +172,7 @@ def exercise_4_4(seed: int = 123) -> dict:
                                         n_positions=cfg.context_length, vocab_size=cfg.vocab_size,
                                         tie_word_embeddings=cfg.tie_weights, resid_pdrop=0.0, embd_pdrop=0.0,
                                         attn_pdrop=0.0)).eval()
-        missing, unexpected = hf.load_state_dict(gpt_to_hf_state_dict(ours), strict=False)
+        missing, unexpected = hf.load_state_dict(exercise_4_4(ours), strict=False)
         # Only the causal-mask buffers of older transformers versions may be left unset.
         missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]
         ids = torch.tensor([[6109, 3626, 6100, 345, 11, 290]])
@@ -181,3 +181,62 @@ def exercise_4_4(seed: int = 123) -> dict:
         results[attention] = {"missing": missing, "unexpected": list(unexpected), "max_abs_diff": diff}
     return results
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planted wrong answers: each makes one mistake a student could make; the exercise checks must reject them.
+
+def wrong_exercise_4_1(seed: int = 123, head_std: float = 1.0) -> dict[str, float]:
+    """Scores the untrained model on the training windows instead of the held-out ones."""
+    train, _ = verdict_windows()
+    out = exercise_4_1(seed, head_std)
+    torch.manual_seed(seed)
+    out["loss"] = evaluate_lm(GPTModel(GPTConfig.from_preset("gpt-tiny")), train, batch_size=8, device=CPU)
+    out["perplexity"] = math.exp(out["loss"])
+    return out
+
+
+def wrong_exercise_4_2(seed: int = 123, temperatures=(0.5, 1.0, 3.0)) -> dict:
+    """Takes the "hot" limit at temperature 1: softmax(z) is not uniform."""
+    out = exercise_4_2(seed, temperatures)
+    out["hot"] = torch.softmax(torch.tensor([2.0, 1.0, 0.5, -1.0]), dim=-1)
+    return out
+
+
+def wrong_exercise_4_3(out_dir: str | Path, steps: int = 8, crash_at: int = 6, seed: int = 123) -> dict:
+    """Restarts after the crash (resume=False) instead of resuming from the checkpoint."""
+    out_dir = Path(out_dir)
+    train, val = verdict_windows(context_length=32)
+    cfg = PretrainConfig(max_steps=steps, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=2, eval_batches=1,
+                         save_every=2, seed=seed)
+    tiny = GPTConfig.from_preset("gpt-tiny", context_length=32)
+    torch.manual_seed(seed)
+    straight = GPTModel(tiny)
+    pretrain(straight, train, val, cfg, out_dir / "straight", resume=False)
+
+    def crash(step, model):
+        if step == crash_at:
+            raise SimulatedCrash(f"simulated crash at step {step}")
+
+    torch.manual_seed(seed)
+    try:
+        pretrain(GPTModel(tiny), train, val, cfg, out_dir / "crashed", resume=False, on_eval=crash)
+    except SimulatedCrash:
+        pass
+    saved_step = int(torch.load(out_dir / "crashed" / "train_state.pt", weights_only=True)["step"])
+    torch.manual_seed(999)
+    restarted = GPTModel(tiny)
+    history = pretrain(restarted, train, val, cfg, out_dir / "crashed", resume=False)
+    a, b = straight.state_dict(), restarted.state_dict()
+    return {"saved_step": saved_step, "identical": all(torch.equal(a[k], b[k]) for k in a),
+            "final_val_loss": history.val_loss[-1]}
+
+
+def wrong_exercise_4_4(model: GPTModel) -> dict[str, torch.Tensor]:
+    """Stacks c_attn as [keys | queries | values] instead of [queries | keys | values]."""
+    out = exercise_4_4(model)
+    d = model.cfg.emb_dim
+    for name in [k for k in out if k.endswith("attn.c_attn.weight")]:
+        w = out[name]  # (d, 3d)
+        out[name] = torch.cat([w[:, d:2 * d], w[:, :d], w[:, 2 * d:]], dim=1).contiguous()
+    return out
