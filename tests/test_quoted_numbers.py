@@ -19,8 +19,8 @@ The markup, in a notebook's markdown cells:
 The lint: any other number in markdown that looks measured must be wrapped or listed: a percentage, a
 decimal with two or more digits after the point, a size (KB, MB, GiB, bytes), a time (s, ms, min,
 minutes, hours), a count with a thousands separator (LaTeX's ``{,}`` counts), an amount of money (£, €).
-Inline code (backticks), section numbers ("## 3.10", "chapter 7.6") and an exercise's expected minutes
-("★★ · 15 min") are exempt: they are not measurements. Vague quantity words ("most", "roughly",
+Inline code (backticks), section numbers ("## 3.10", "chapter 7.6"), arXiv numbers and an exercise's
+expected minutes ("★★ · 15 min") are exempt: they are not measurements. Vague quantity words ("most", "roughly",
 "about" before a quantity, "almost", "nearly", "approximately", "well under/over/below/above", "exactly"
 before a quantity, "coin toss", "far more/less/below/from/...") are allowed only in a sentence that
 also has a wrapped number: say the number.
@@ -53,6 +53,8 @@ LINK_TARGET = re.compile(r"\]\([^)]*\)")
 # Section numbers are not measurements: "## 3.10 ...", "chapter 7.6", "notebook 4.4", "section 4.2".
 SECTION_NUMBER = re.compile(r"^(#+\s*)\d+(?:\.\d+)+|\b((?:[Cc]hapter|[Ss]ection|[Nn]otebook)s?\s+)\d+(?:\.\d+)+",
                             re.MULTILINE)
+# A paper's arXiv number is an identifier: "arXiv:2106.09685".
+ARXIV_ID = re.compile(r"arXiv:\s*\d{4}\.\d{4,5}(?:v\d+)?", re.IGNORECASE)
 # An exercise's label gives its difficulty and the expected minutes, an estimate: "**Exercise 2.4** ★★ · 15 min."
 EXERCISE_LABEL = re.compile(r"(★+)\s*·\s*\d+\s*min\b")
 PLACEHOLDER = "\u27e6Q\u27e7"  # stands for a wrapped number once its span has been checked
@@ -178,6 +180,7 @@ def check_notebook(nb) -> list[str]:
         text = LINK_TARGET.sub("]", INLINE_CODE.sub(" ", text))
         text = SECTION_NUMBER.sub(lambda m: m.group(1) or m.group(2), text)
         text = EXERCISE_LABEL.sub(r"\1", text)
+        text = ARXIV_ID.sub("arXiv", text)
         for sentence in sentences(text):
             flat = normalise(sentence)
             for kind, pattern in MEASURED:
@@ -296,7 +299,7 @@ def test_checker_lint_kinds_and_constants():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(
         "It scored 96.3 % in 45 s, a loss of 0.049, a 907 KB file, 1,045 messages, £1000. "
-        "`lr = 0.0008` is code. Rank $r = 8$ of 768. **Exercise 2.4** ★★ · 15 min. See chapter 7.6.")]
+        "`lr = 0.0008` is code. Rank $r = 8$ of 768. **Exercise 2.4** ★★ · 15 min. See chapter 7.6, arXiv:2106.09685.")]
     kinds = sorted(p.split("unwrapped ")[1].split(" ")[0] for p in check_notebook(nb))
     assert kinds == ["decimal", "money", "percentage", "size", "thousands", "time"], kinds
     nb.metadata["quoted_constants"] = {"96.3 %": "a made-up source", "45 s": "x"}
