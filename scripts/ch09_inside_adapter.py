@@ -1,8 +1,8 @@
 """Chapter 9 script: the trained adapters that notebooks/09_inside_an_adapter.ipynb opens, and its measurements.
 
     python scripts/ch09_inside_adapter.py analyse               # the chapter's numbers from results/ch09 (seconds)
-    python scripts/ch09_inside_adapter.py train --runs runs/ch09 # train every run below (about 70 minutes on a
-                                                                # 2-core CPU, one run at a time), then collect
+    python scripts/ch09_inside_adapter.py train --runs runs/ch09 # train every run below, one at a time, then
+                                                                # collect (2 to 5 minutes a run on a 2-core CPU)
     python scripts/ch09_inside_adapter.py collect --runs runs/ch09   # only copy finished runs into results/ch09
     python scripts/ch09_inside_adapter.py plan                  # print the runs and their commands
 
@@ -14,7 +14,7 @@ the loss at every prefix), with the targets, rank and seed of the LoRA paper's s
   budget_*  Table 5: which weights, at the same 18,432 trainable LoRA parameters per block (gpt-mini: d = 256,
             4 attention projections 256 x 256 and a feed-forward 256 -> 1024 -> 256): query only r = 36, value
             only r = 36, query + value r = 18, the four attention projections r = 9, all linear r = 4;
-            seeds 123, 124, 125.
+            seeds 123, 124, 125 (results/ch09/runs.json says which were trained).
   sweep_*   Table 6: r = 1, 2, 4, 8, 16, 64 on query + value and on all linear layers (seed 123).
   qv_*      Figures 3 and 4: query + value at r = 8 and r = 64 (seed 123) and r = 8 (seed 124).
   full_s123 full fine-tuning (lr 1e-4, no weight decay: with decay AdamW would add a full-rank multiple of W to
@@ -74,26 +74,31 @@ def lora_flags(targets: list[str], rank: int, seed: int, *extra: str) -> list[st
 
 
 def plan() -> list[Run]:
-    """Every run of the chapter, in the order they were trained."""
-    runs = [Run("main_all-linear_r16_s123", lora_flags(["all-linear"], 16, 123), "all"),
+    """Every run of the chapter, in the order they were trained (the most needed first)."""
+    short = {"query": "q", "value": "v", "query+value": "qv", "attention (q, k, v, out)": "attn",
+             "all linear": "all-linear"}
+
+    def budget(seed: int) -> list[Run]:
+        return [Run(f"budget_{short[k]}_r{r}_s{seed}", lora_flags(t, r, seed), "all" if seed == 123 else "none")
+                for k, (t, r) in BUDGET.items()]
+
+    def sweep(targets: str, r: int, keep: str = "all") -> Run:
+        return Run(f"sweep_{targets}_r{r}_s123", lora_flags(["query", "value"] if targets == "qv" else ["all-linear"],
+                                                               r, 123), keep)
+
+    return [Run("main_all-linear_r16_s123", lora_flags(["all-linear"], 16, 123), "all"),
             Run("qv_r8_s123", lora_flags(["query", "value"], 8, 123), "all"),
             Run("qv_r64_s123", lora_flags(["query", "value"], 64, 123), "all"),
             Run("qv_r8_s124", lora_flags(["query", "value"], 8, 124), "all"),
-            Run("full_s123", ["--method", "full", "--lr", "1e-4", "--weight-decay", "0", "--seed", "123"])]
-    names = {"query": "q", "value": "v", "query+value": "qv", "attention (q, k, v, out)": "attn", "all linear": "all-linear"}
-    budget = [Run(f"budget_{names[k]}_r{r}_s{s}", lora_flags(t, r, s), "all" if s == 123 else "none")
-              for s in SEEDS for k, (t, r) in BUDGET.items()]
-    runs += [b for b in budget if b.name.endswith("s123")]
-    runs += [Run("fail_lr10x_s123", lora_flags(["all-linear"], 16, 123, "--lr", "8e-3")),
-             Run("fail_frozen-head_s123", lora_flags(["all-linear"], 16, 123), frozen_head=True)]
-    for t, short in ((["query", "value"], "qv"), (["all-linear"], "all-linear")):
-        for r in SWEEP_RANKS:
-            name = f"sweep_{short}_r{r}_s123"
-            if any(x.name.endswith(f"{short}_r{r}_s123") for x in runs):
-                continue  # the same run is already in the plan (qv r=8, 64; all linear r=4, 16)
-            runs.append(Run(name, lora_flags(t, r, 123), "qv" if (short == "all-linear" and r == 64) else "all"))
-    runs += [b for b in budget if not b.name.endswith("s123")]
-    return runs
+            Run("full_s123", ["--method", "full", "--lr", "1e-4", "--weight-decay", "0", "--seed", "123"]),
+            *budget(123),
+            Run("fail_lr10x_s123", lora_flags(["all-linear"], 16, 123, "--lr", "8e-3")),
+            Run("fail_frozen-head_s123", lora_flags(["all-linear"], 16, 123), "all", frozen_head=True),
+            sweep("qv", 1), sweep("all-linear", 1), sweep("qv", 4),
+            *budget(124),
+            sweep("qv", 16), sweep("qv", 2), sweep("all-linear", 8), sweep("all-linear", 2),
+            *budget(125),
+            sweep("all-linear", 64, keep="qv")]  # 7 MB as float16: only its query and value matrices are kept
 
 
 def sweep_run(targets: str, r: int) -> str:
@@ -150,22 +155,23 @@ def train(runs_dir: Path, only: list[str] | None = None, results: Path = RESULTS
 
 
 def train_frozen_head(argv: list[str]) -> None:
-    """scripts/finetune_spam.py with the new head left frozen: the LoRA config is built without modules_to_save
-    (the mistake of chapter 9.8). Everything else is the main job's."""
-    import importlib.util
+    """scripts/finetune_spam.py with the new head left frozen (the mistake of chapter 9.9): every LoraConfig made in
+    this process has an empty modules_to_save. Everything else is the main job's. `collect` checks the result:
+    the run must have trained the LoRA matrices only."""
+    import runpy
 
-    import lora
+    from lora.config import LoraConfig
 
-    spec = importlib.util.spec_from_file_location("finetune_spam", ROOT / "scripts" / "finetune_spam.py")
-    finetune_spam = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(finetune_spam)
+    original = LoraConfig.__post_init__
 
-    def without_head(**kwargs):
-        kwargs["modules_to_save"] = ()
-        return lora.LoraConfig(**kwargs)
+    def without_head(self):
+        original(self)
+        object.__setattr__(self, "modules_to_save", ())
 
-    finetune_spam.LoraConfig = without_head
-    finetune_spam.main(argv)
+    LoraConfig.__post_init__ = without_head
+    script = str(ROOT / "scripts" / "finetune_spam.py")
+    sys.argv = [script, *argv]
+    runpy.run_path(script, run_name="__main__")
 
 
 # ------------------------------------------------------------------------------------------- collect
@@ -234,6 +240,9 @@ def collect(runs_dir: Path, out: Path = RESULTS) -> None:
         runs[run.name] = _summary(result, run)
         if result["method"] == "lora":
             factors = factors_from_run(runs_dir / run.name, result, base, "all" if run.keep == "none" else run.keep)
+            if run.frozen_head and result["trainable_params"] != factors.num_parameters():
+                raise UserError(f"{run.name}: {result['trainable_params']:,} trainable parameters, but the LoRA "
+                                f"matrices alone are {factors.num_parameters():,}: the head was trained after all")
             check_fits_base(factors, weights)
             norms = update_norms(factors)
             runs[run.name]["update_norm"] = total_update_norm(factors)
@@ -349,8 +358,12 @@ def lora_vs_full(adapter: AdapterFactors, full: dict, r: int | None = None) -> d
 
 
 def analyse() -> dict:
-    """Print the chapter's measurements from results/ch09; returns them."""
+    """Print the chapter's measurements from results/ch09 (the notebook shows them with figures); returns them."""
+    from lora.analysis import rank_for_energy
+
     runs = load_runs()["runs"]
+    have = {p.stem for p in (RESULTS / "adapters").glob("*.safetensors")}
+    out: dict = {}
     print("Table 5 (which weights, 18,432 LoRA parameters per block), test accuracy %, mean +- std over seeds:")
     for row in budget_table(runs):
         if row["seeds"]:
@@ -359,20 +372,33 @@ def analyse() -> dict:
     print("Table 6 (rank), test / validation accuracy %:")
     for row in sweep_table(runs):
         print(f"  {row['targets']:10} r={row['r']:2}: {row['test']:.2f} / {row['val']:.2f}  ({row['trainable_params']:,} trainable)")
-    out: dict = {}
     weights = base_weights()
-    if (RESULTS / "adapters" / "qv_r64_s123.safetensors").is_file():
-        grids = similarity_grids("qv_r8_s123", "qv_r64_s123")
-        out["phi_r8_r64_top1"] = {m: float(g[0, 0]) for m, g in grids.items()}
-        print("phi(A_r=8, A_r=64, i=1, j=1) per module:", {m: round(v, 2) for m, v in out["phi_r8_r64_top1"].items()})
-    if (RESULTS / "adapters" / "sweep_all-linear_r4_s123.safetensors").is_file() or \
-            (RESULTS / "adapters" / "budget_all-linear_r4_s123.safetensors").is_file():
-        name = "budget_all-linear_r4_s123"
-        table = amplification_table(load_adapter(name), weights)
-        factors = torch.tensor([t["factor"] for t in table.values()])
-        print(f"Table 7 at r = 4 ({name}): amplification factor median {factors.median():.1f}, "
-              f"range {factors.min():.1f} .. {factors.max():.1f}")
-        out["amplification_r4"] = table
+    for first, second, what in (("qv_r8_s123", "qv_r64_s123", "r=8 vs r=64"), ("qv_r8_s123", "qv_r8_s124", "seed 123 vs 124")):
+        if {first, second} <= have:
+            grids = similarity_grids(first, second, ("att.W_query", "att.W_value"))
+            top1 = torch.tensor([float(g[0, 0]) for g in grids.values()])
+            out[f"phi11 {what}"] = top1.tolist()
+            print(f"Figures 3/4, {what}: phi(1, 1) median {top1.median():.2f} over {len(top1)} modules "
+                  f"(random: {1 / 256:.4f})")
+    for name, r in (("sweep_qv_r4_s123", 4), ("qv_r64_s123", 64)):
+        if name in have:
+            f = torch.tensor([t["factor"] for t in amplification_table(load_adapter(name), weights).values()])
+            out[f"amplification r={r}"] = f.tolist()
+            print(f"Table 7, query + value at r = {r}: amplification factor median {f.median():.1f} "
+                  f"({f.min():.1f} .. {f.max():.1f})")
+    main = load_adapter("main_all-linear_r16_s123")
+    if (RESULTS / "full_ft_delta_svd_attention.safetensors").is_file():
+        full = load_full_svd()
+        versus = lora_vs_full(main, full, r=16)
+        cos2 = torch.tensor([v["mean_cos2_right"] for v in versus.values()])
+        print(f"LoRA (r = 16) vs full fine-tuning, top-16 input subspaces: mean cos^2 {cos2.mean():.2f} "
+              f"(random: {16 / 256:.3f} or {16 / 1024:.3f})")
+        need = torch.tensor([rank_for_energy(full[n]["S"], 0.9) for n in full], dtype=torch.float64)
+        print(f"rank holding 90 % of full fine-tuning's Delta W energy: median {need.median():.0f} over {len(need)} matrices")
+    norms = update_norms(main)
+    whole = total_update_norm(main)
+    ff = sum(v * v for n, v in norms.items() if ".ff." in n) / whole ** 2
+    print(f"main adapter: ||Delta W|| {whole:.3f}, feed-forward share of its square {100 * ff:.1f} %")
     return out
 
 
