@@ -50,7 +50,8 @@ class Server:
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", f"--port={self.port}",
              "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1", f"--ServerApp.token={self.token}",
-             f"--ServerApp.root_dir={ROOT}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'checkpoints'}"] + (["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
+             f"--ServerApp.root_dir={ROOT}", f"--FileCheckpoints.checkpoint_dir={tmp_path / 'checkpoints'}"]
+            + (["--allow-root"] if os.geteuid() == 0 else []),  # CI runs as root
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while True:

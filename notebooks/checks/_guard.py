@@ -187,9 +187,9 @@ def answer(env: dict, name: str, *args: Any, returns: type | tuple[type, ...] | 
     """Call the notebook's function `name(*args, **kwargs)` safely and return what it returned.
 
     returns: the accepted type(s) of the result; expects: how the statement describes it, used in messages
-    ("a dict {stride: {...}}"); timeout: seconds, DEFAULT_TIMEOUT when None. Fails (CheckFailed, a message for the student) when the answer is missing,
-    still the stub, not a function, raises, runs past `timeout` seconds, returns the wrong type, or changed
-    state the notebook relies on.
+    ("a dict {stride: {...}}"); timeout: seconds, DEFAULT_TIMEOUT when None. Fails (CheckFailed, a message for
+    the student) when the answer is missing, still the stub, not a function, raises, runs past `timeout`
+    seconds, returns the wrong type, or changed state the notebook relies on.
     """
     timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     fn = lookup(env, name)
