@@ -1,7 +1,11 @@
 """The code solutions of chapter 5's exercises (solutions/ch05.py), and the chapter script
 (scripts/ch05_low_rank.py) in quick mode."""
 
+import contextlib
+import io
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,40 +64,125 @@ def test_svd_init_refuses_a_rank_larger_than_the_matrix():
 
 
 # ----------------------------------------------------------------------------- the chapter script
+# One quick run (a random gpt-tiny, 4 fine-tuning steps; about 30 s) whose printed numbers the tests below read.
 
-def test_energy_and_rank_r_error_agree():
-    """Eckart-Young: relative error of the best rank-m approximation^2 = 1 - energy(top m)."""
-    script = load_script("ch05_low_rank")
-    torch.manual_seed(0)
-    W = torch.randn(40, 30)
-    S = torch.linalg.svdvals(W)
-    for m in (1, 5, 30):
-        approx = script.rank_r_approximation(W, m)
-        rel = torch.linalg.norm(W - approx) / torch.linalg.norm(W)
-        assert float(rel**2) == pytest.approx(1 - script.energy(S, m), abs=1e-5)
-    low = torch.randn(40, 3) @ torch.randn(3, 30)
-    assert script.energy(torch.linalg.svdvals(low), 3) == pytest.approx(1.0, abs=1e-6)
+SPAM_COMPARISON = Path(__file__).resolve().parent.parent / "results" / "spam_comparison.json"
 
 
-def test_script_quick_run_writes_figures_and_results(tmp_path):
-    script = load_script("ch05_low_rank")
-    results = script.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
-    for name in ("05_rank_r_error.png", "05_params_vs_rank.png", "05_scale_vs_rank.png",
-                 "05_alpha_scaling_curves.png", "05_delta_w_singular_values.png", "results.json"):
-        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved == json.loads(json.dumps(results))
-    assert saved["parameter_counts"]["512x64 r=8"] == {"full": 32768, "lora": 4608}
-    assert saved["parameter_counts"]["100x100 r=1"] == {"full": 10000, "lora": 200}
-    assert saved["parameter_counts"]["10x8 r=3"] == {"full": 80, "lora": 54}
-    assert set(saved["scaling_runs"]) == {"alpha/r", "alpha"}
-    assert saved["scaling_runs"]["alpha"]["scale"] == 16.0 and saved["scaling_runs"]["alpha/r"]["scale"] == 1.0
-    for row in saved["delta_w"]["matrices"]:
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ch05")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        results = load_script("ch05_low_rank").main(["--quick", "--out", str(out), "--threads", "1"])
+    return results, stdout.getvalue(), out
+
+
+def _printed(text: str, pattern: str) -> list[float]:
+    match = re.search(pattern, text)
+    assert match, f"not printed: {pattern}"
+    return [float(g.replace(",", "")) for g in match.groups()]
+
+
+def test_script_writes_the_figures_and_what_it_printed(quick_run):
+    results, _, out = quick_run
+    for name in ("05_rank_r_error.png", "05_params_vs_rank.png", "05_scale_vs_rank.png", "05_first_update_vs_rank.png",
+                 "05_delta_w_singular_values.png", "results.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 1000, name
+    assert not (out / "05_alpha_scaling_curves.png").exists()  # chapter 7's compare_finetuning.py runs the spam alpha
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert "scaling_runs" not in results
+
+
+def test_script_rank_and_truncated_svd(quick_run):
+    results, text, _ = quick_run
+    svd = results["rank_and_svd"]
+    assert svd["M_rank"] == 2 and svd["M_equals_B_at_A"]
+    assert svd["M_singular_values"] == pytest.approx([8.435449, 0.918264, 0.0], abs=1e-5)
+    for r in (4, 8, 16):
+        row = svd["truncated_svd"][r]
+        assert row["svd_error"] == pytest.approx(row["eckart_young"], rel=1e-4)  # Eckart-Young
+        assert row["svd_error"] < 0.8 * row["random_subspace_error"]  # the SVD's subspace beats a random one
+    printed = _printed(text, r"rank-8 signal \+ noise: relative error at r = 8: (\S+), r = 16: (\S+), r = 64: (\S+)")
+    assert printed == [0.56, 0.52, 0.36]  # notebook 5.3 prints the same with seed 123
+    assert _printed(text, r"random 256 x 256: relative error at r = 8: (\S+),") == [0.94]
+
+
+def test_script_linear_with_lora_is_the_formula_written_out(quick_run):
+    results, text, _ = quick_run
+    n = results["notation"]
+    inline, paper = _printed(text, r"vs the layer: max \|diff\| (\S+) \| the paper's .*?: (\S+) \|")
+    assert inline == pytest.approx(n["inline_vs_layer_max_abs_diff"], rel=0.1, abs=1e-12)
+    assert inline <= 1e-6 and paper <= 1e-5  # float32 rounding; a wrong scale would differ by O(1)
+    assert n["scale"] == 2.0 and n["lora_A_shape"] == [64, 8] and n["lora_B_shape"] == [8, 512]
+    assert n["delta_w_shape"] == [512, 64] and n["delta_w_rank"] == 8
+
+
+def test_script_parameter_counts(quick_run):
+    results, text, _ = quick_run
+    counts = results["parameter_counts"]
+    assert counts["512x64 r=8"] == {"full": 32768, "lora": 4608, "fewer_percent": 85.9}
+    assert counts["100x100 r=1"] == {"full": 10000, "lora": 200, "fewer_percent": 98.0}
+    assert counts["10x8 r=3"] == {"full": 80, "lora": 54, "fewer_percent": 32.5}
+    assert counts["gpt2-small r=8 query+value"] == 294_912
+    assert counts["gpt-mini r=16 all-linear"] == 442_368 and counts["gpt-mini total"] == 17_665_792
+    assert _printed(text, r"query and value: ([\d,]+) \| gpt-mini") == [294_912]
+
+
+def test_script_first_update_shrinks_with_r_under_alpha_over_r(quick_run):
+    results, text, _ = quick_run
+    sizes = results["scale"]["first_update_norm"]
+    ranks = (1, 4, 16, 64)
+    alpha_r = [sizes["alpha/r"][r] for r in ranks]
+    alpha = [sizes["alpha"][r] for r in ranks]
+    assert all(a > b for a, b in zip(alpha_r, alpha_r[1:])), alpha_r  # alpha / r: high ranks start slower
+    assert all(a < b for a, b in zip(alpha, alpha[1:])), alpha  # alpha: the update grows with r
+    assert sizes["alpha/r"][1] == sizes["alpha"][1] == sizes["alpha/sqrt(r)"][1]  # the same scale at r = 1
+    assert results["scale"]["alpha_over_alpha_r_at_r16"] == pytest.approx(16.0, rel=0.01)  # AdamW eps: not exactly 16
+    printed = _printed(text, r"\n\s+alpha/r \|\s+(\S+) \|\s+(\S+) \|\s+(\S+) \|\s+(\S+)")
+    assert printed == pytest.approx([0.2083, 0.1007, 0.0572, 0.0349], abs=2e-4)  # notebook 5.6's table
+    assert printed == pytest.approx(alpha_r, abs=5e-5)
+    assert _printed(text, r"at r = 16, alpha / \(alpha/r\): (\S+)x") == [16.0]
+
+
+@pytest.mark.skipif(not SPAM_COMPARISON.is_file(), reason="results/spam_comparison.json not present")
+def test_script_points_to_chapter_7_for_the_spam_alpha_runs(quick_run):
+    results, text, _ = quick_run
+    rows = json.loads(SPAM_COMPARISON.read_text())["rows"]
+    pointer = results["scale"]["spam_classifier_chapter_7_4"]
+    for scaling in ("alpha/r", "alpha"):
+        assert pointer[scaling]["test_accuracy"] == rows[f"scale-{scaling}"]["test_accuracy"]
+        assert f"{scaling}: test accuracy {100 * rows[f'scale-{scaling}']['test_accuracy']:.2f} %" in text
+
+
+def test_script_energy_of_a_real_delta_w(quick_run):
+    results, text, _ = quick_run
+    dw = results["delta_w"]
+    assert dw["steps"] == 4 and len(dw["matrices"]) == 2 * 6  # gpt-tiny: 2 blocks x 6 linear layers
+    before, after = _printed(text, r"validation loss (\S+) -> (\S+) nats")
+    assert after < before and after == pytest.approx(dw["val_loss_after"], abs=1e-3)  # the fine-tune trained
+    for row in dw["matrices"]:
+        assert row["relative_change"] > 0, row["name"]  # every block matrix was trained
         for key in ("delta_w", "w", "random"):
-            assert 0.0 < row[key]["energy_top8"] <= row[key]["energy_top16"] <= 1.0
+            assert 0.0 < row[key]["energy_top8"] <= row[key]["energy_top16"] <= 1.0, (row["name"], key)
+    med = dw["median_energy"]
+    assert med["delta_w"]["energy_top8"] > med["random"]["energy_top8"] + 0.05  # Delta W is not a random matrix
+    printed = _printed(text, r"all 12 matrices, median \|\s+(\S+) \|\s+(\S+) \|")
+    assert printed == pytest.approx([med["delta_w"]["energy_top8"], med["delta_w"]["energy_top16"]], abs=0.006)
+    best16 = dw["best_rank16_relative_error"]["median"]
+    assert best16 == pytest.approx((1 - med["delta_w"]["energy_top16"]) ** 0.5, abs=0.02)  # Eckart-Young, medians
 
 
-def test_script_rejects_bad_arguments(tmp_path):
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "0"], "--steps must be positive, got 0"),
+    (["--quick", "--model", "no/such/base"], "base model 'no/such/base' not found"),
+])
+def test_script_refuses_bad_arguments_in_one_line(argv, message, tmp_path, capsys):
     script = load_script("ch05_low_rank")
-    with pytest.raises(SystemExit):
-        script.main(["--epochs", "0", "--out", str(tmp_path)])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        script.run_main(script.main, [*argv, "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()  # refused before anything was written
