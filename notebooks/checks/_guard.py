@@ -30,7 +30,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch import nn
+import torch._dynamo  # noqa: F401  torch swaps in its own torch.manual_seed the first time an optimizer is
+from torch import nn  # built; importing it now keeps that swap out of what an answer is blamed for changing
 
 # Modules whose functions and classes an answer must not replace (monkeypatch). Only modules already
 # imported are watched; torch's own are limited to the ones notebooks use, to keep a check fast.

@@ -3,7 +3,6 @@
 import math
 import tempfile
 
-import torch._dynamo  # noqa: F401  the first optimizer imports it, and it re-wraps torch.manual_seed: import it before the guard looks
 from otter.test_files import test_case
 
 from checks._guard import answer, keys, require

@@ -1,6 +1,5 @@
 """Exercise 6.5: LoRA on gpt-tiny's tied output head: one step leaves the embedding, merging is refused."""
 
-import torch._dynamo  # noqa: F401  (an answer's first optimizer imports it, and it re-wraps torch.manual_seed)
 from otter.test_files import test_case
 
 from checks._guard import answer, keys, require

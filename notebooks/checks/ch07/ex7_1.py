@@ -1,7 +1,6 @@
 """Exercise 7.1: the recipe's trainable parameters and their share, compared with lora and a model on the meta device."""
 
 import torch
-import torch._dynamo  # noqa: F401  (imported by the first optimizer or apply_lora; it re-wraps torch.manual_seed)
 from otter.test_files import test_case
 
 from checks._guard import answer, close, keys, require

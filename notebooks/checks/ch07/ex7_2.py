@@ -1,7 +1,6 @@
 """Exercise 7.2: class logits at the last real token and at the last column, compared with classify.model.class_logits."""
 
 import torch
-import torch._dynamo  # noqa: F401  (imported by the first optimizer or apply_lora; it re-wraps torch.manual_seed)
 from otter.test_files import test_case
 
 from checks._guard import answer, keys, require

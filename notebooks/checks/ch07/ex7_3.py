@@ -2,7 +2,6 @@
 
 import math
 
-import torch._dynamo  # noqa: F401  (imported by the first optimizer or apply_lora; it re-wraps torch.manual_seed)
 from otter.test_files import test_case
 
 from checks._guard import answer, close, keys, require

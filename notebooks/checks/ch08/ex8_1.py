@@ -4,7 +4,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch._dynamo  # noqa: F401  (imported by the first optimizer or apply_lora; it re-wraps torch.manual_seed)
 from otter.test_files import test_case
 
 from checks._guard import answer, require

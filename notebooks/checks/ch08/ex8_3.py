@@ -1,6 +1,5 @@
 """Exercise 8.3: the tensor bytes of an adapter file, predicted from the shapes, against lora's own count."""
 
-import torch._dynamo  # noqa: F401  (imported by the first optimizer or apply_lora; it re-wraps torch.manual_seed)
 from otter.test_files import test_case
 
 from checks._guard import answer, keys, require

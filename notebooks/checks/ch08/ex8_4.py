@@ -1,7 +1,6 @@
 """Exercise 8.4: extra multiply-adds per token of an unmerged adapter, against the blocks' frozen linear layers."""
 
 import torch
-import torch._dynamo  # noqa: F401  (imported by the first optimizer or apply_lora; it re-wraps torch.manual_seed)
 from otter.test_files import test_case
 
 from checks._guard import answer, close, keys, require
