@@ -248,13 +248,16 @@ def collect(runs_dir: Path, out: Path = RESULTS) -> None:
             runs[run.name]["update_norm"] = total_update_norm(factors)
             runs[run.name]["update_norms"] = norms
             if run.keep != "none":
-                path = save_factors(factors, out / "adapters" / f"{run.name}.safetensors", dtype=torch.float16)
+                path = out / "adapters" / f"{run.name}.safetensors"
+                half = {n: factors.lora_A[n].half() for n in factors.modules}
+                if not (path.is_file() and all(torch.equal(load_factors(path).lora_A[n].half(), half[n]) for n in half)):
+                    save_factors(factors, path, dtype=torch.float16)  # only when new: the file's header order varies
                 back = load_factors(path)  # float16 storage: check what the analyses will read
                 err = max(float(torch.linalg.norm(back.delta_weight(n) - factors.delta_weight(n))
                                 / torch.linalg.norm(factors.delta_weight(n))) for n in factors.modules)
                 runs[run.name]["stored_relative_error"] = err
                 print(f"{run.name}: {path.stat().st_size / 2**20:.2f} MiB, Delta W within {err:.1e} of float32")
-        elif run.name == "full_s123":
+        elif run.name == "full_s123" and not (out / "full_ft_delta_svd_ff.safetensors").is_file():
             for kind, tensors in full_ft_svd(runs_dir / run.name, weights).items():
                 path = out / f"full_ft_delta_svd_{kind}.safetensors"
                 save_file(tensors, str(path), metadata={"top": str(FULL_SVD_TOP), "base": json.dumps(base)})

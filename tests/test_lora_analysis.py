@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +218,58 @@ def test_loading_something_else_is_refused(tmp_path):
         load_factors(tmp_path / "other.safetensors")
     with pytest.raises(FileNotFoundError, match="no adapter factors at"):
         load_factors(tmp_path / "missing.safetensors")
+
+
+# ------------------------------------------------------------------------------------------ chapter 9's results
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "ch09"
+
+
+def test_chapter_9_results_are_small_and_fit_the_shipped_base():
+    """results/ch09 (scripts/ch09_inside_adapter.py): every file under 3 MiB, every stored adapter made for
+    data/gpt-mini (its sha256 and its shapes), every budget run at 18,432 LoRA parameters per block."""
+    from safetensors import safe_open
+
+    files = [p for p in RESULTS.rglob("*") if p.is_file()]
+    assert len(files) >= 3 and not [p for p in files if p.stat().st_size >= 3 * 2**20]
+    doc = json.loads((RESULTS / "runs.json").read_text())
+    base = RESULTS.parent.parent / "data" / "gpt-mini" / "model.safetensors"
+    assert doc["base"]["sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
+    with safe_open(str(base), "pt") as f:
+        weights = {k[: -len(".weight")]: f.get_slice(k) for k in f.keys() if k.endswith(".weight")}
+        shapes = {k: torch.empty(tuple(s.get_shape()), device="meta") for k, s in weights.items()}
+    adapters = sorted((RESULTS / "adapters").glob("*.safetensors"))
+    assert adapters
+    for path in adapters:
+        factors = load_factors(path)
+        check_fits_base(factors, shapes, doc["base"])
+    budget = {n: r for n, r in doc["runs"].items() if n.startswith("budget_")}
+    assert budget
+    for name, run in budget.items():
+        assert run["trainable_params"] - 514 == 6 * 18_432, (name, run["trainable_params"])  # 514: the 2-class head
+
+
+def run_chapter_script(*args: str):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "ch09_inside_adapter.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_chapter_9_script_recomputes_the_numbers_from_the_committed_results():
+    done = run_chapter_script("analyse")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((RESULTS / "runs.json").read_text())
+    main = doc["runs"]["main_all-linear_r16_s123"]
+    assert f"all-linear r=16: {100 * main['test_accuracy']:.2f} / {100 * main['val_accuracy']:.2f}" in done.stdout
+    assert f"main adapter: ||Delta W|| {main['update_norm']:.3f}" in done.stdout
+    assert "Figures 3/4, r=8 vs r=64: phi(1, 1) median" in done.stdout
+
+
+def test_chapter_9_script_refuses_a_missing_runs_folder_in_one_line(tmp_path):
+    done = run_chapter_script("collect", "--runs", str(tmp_path / "nowhere"), "--results", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'} is not a folder of runs; train them "
+                                                f"first (`train --runs {tmp_path / 'nowhere'}`)"]
+    assert not (tmp_path / "out").exists()  # nothing written
