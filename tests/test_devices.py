@@ -39,10 +39,12 @@ NO_GPU = not torch.cuda.is_available()
 
 def _command_lines() -> list[tuple[str, str]]:
     """("scripts", name) for every script, ("benchmarks", name) for every benchmark module with a command line."""
-    found = [("scripts", p.stem) for p in sorted((ROOT / "scripts").glob("*.py"))]
+    found = [("scripts", p.stem) for p in sorted((ROOT / "scripts").glob("*.py"))
+             if p.stem != "make_student_release"]  # copies files: no model, no device
     found += [("benchmarks", p.stem) for p in sorted((ROOT / "benchmarks").glob("*.py"))
               if "ArgumentParser(" in p.read_text(encoding="utf-8")  # builds a parser: a command line
-              and p.stem != "gpu_run"]  # CUDA only, no --device to choose (tests/test_gpu_run.py)
+              and p.stem not in ("gpu_run",  # CUDA only, no --device to choose (tests/test_gpu_run.py)
+                                 "notebook_times")]  # the notebooks' own LORA_DEVICE picks (tests/test_notebooks.py)
     return found
 
 
