@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from gpt.device import add_device_argument, pick_device
 from common.cli import ArgumentParser, UserError, run_main
 from common.files import atomic_write_text
 from lora.analysis import (AdapterFactors, amplification, check_comparable, check_fits_base, load_factors,
@@ -109,11 +110,12 @@ def sweep_run(targets: str, r: int) -> str:
     raise KeyError(f"no run of {targets} at r = {r}")
 
 
-def command(run: Run, runs_dir: Path) -> list[str]:
+def command(run: Run, runs_dir: Path, device: str = "auto") -> list[str]:
     script = [str(ROOT / "scripts" / "ch09_inside_adapter.py"), "train-frozen-head"] if run.frozen_head else \
         [str(ROOT / "scripts" / "finetune_spam.py")]
     return [sys.executable, *script, *run.flags, "--out", str(runs_dir / run.name),
-            "--result-json", str(runs_dir / f"{run.name}.json"), "--no-progress", "--threads", "1"]
+            "--result-json", str(runs_dir / f"{run.name}.json"), "--no-progress", "--threads", "1",
+            "--device", device]
 
 
 def shown_command(run: Run) -> str:
@@ -143,14 +145,14 @@ def base_weights(base: Path = BASE) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------- training
-def train(runs_dir: Path, only: list[str] | None = None, results: Path = RESULTS) -> None:
+def train(runs_dir: Path, only: list[str] | None = None, results: Path = RESULTS, device: str = "auto") -> None:
     """Run the plan's missing runs one after the other (each one thread), then collect."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     for run in plan():
         if (only and run.name not in only) or (runs_dir / f"{run.name}.json").is_file():
             continue
         print(f"== {run.name}: {shown_command(run)}", flush=True)
-        subprocess.run(command(run, runs_dir), check=True)
+        subprocess.run(command(run, runs_dir, device), check=True)
     collect(runs_dir, results)
 
 
@@ -411,16 +413,20 @@ def main(argv=None):
     if argv[:1] == ["train-frozen-head"]:
         return train_frozen_head(argv[1:])
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=["analyse", "train", "collect", "plan"])
+    p.add_argument("action", nargs="?", default="analyse", choices=["analyse", "train", "collect", "plan"],
+                   help="analyse: the chapter's numbers from results/ch09; plan: the runs; train: run them; "
+                        "collect: copy what the chapter needs from finished runs into --results")
     p.add_argument("--runs", default=str(ROOT / "runs" / "ch09"), help="folder of the run folders (train, collect)")
     p.add_argument("--only", nargs="*", help="train only these runs (names from `plan`)")
     p.add_argument("--results", default=str(RESULTS), help="where collect writes (the chapter reads results/ch09)")
+    add_device_argument(p, note="train passes it to every run")
     args = p.parse_args(argv)
     if args.action == "plan":
         for run in plan():
             print(f"{run.name:28} {shown_command(run)}")
     elif args.action == "train":
-        train(Path(args.runs), args.only, Path(args.results))
+        pick_device(args.device)  # an unknown or missing device is refused before any run starts
+        train(Path(args.runs), args.only, Path(args.results), args.device)
     elif args.action == "collect":
         if not Path(args.runs).is_dir():
             raise UserError(f"{args.runs} is not a folder of runs; train them first (`train --runs {args.runs}`)")
