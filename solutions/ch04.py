@@ -91,7 +91,11 @@ def exercise_4_3(out_dir: str | Path, steps: int = 8, crash_at: int = 6, seed: i
     (gpt-tiny's 0.1), the restored random state reproduces the same dropout masks, and the final weights
     are bit-identical (torch.equal) to the uninterrupted run's.
     """
-    out_dir = Path(out_dir)
+    return _crash_and_continue(Path(out_dir), steps, crash_at, seed, resume=True)
+
+def _crash_and_continue(out_dir: Path, steps: int, crash_at: int, seed: int, resume: bool) -> dict:
+    """A run that never stops vs. one crashed at `crash_at` and continued with `pretrain(..., resume=resume)`
+    from a fresh process's random state (resume=True: the answer; resume=False: the planted mistake)."""
     train, val = verdict_windows(context_length=32)
     cfg = PretrainConfig(max_steps=steps, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=2, eval_batches=1,
                          save_every=2, seed=seed)
@@ -106,16 +110,15 @@ def exercise_4_3(out_dir: str | Path, steps: int = 8, crash_at: int = 6, seed: i
             raise SimulatedCrash(f"simulated crash at step {step}")
 
     torch.manual_seed(seed)
-    model = GPTModel(tiny)
     try:
-        pretrain(model, train, val, cfg, out_dir / "crashed", resume=False, on_eval=crash)
+        pretrain(GPTModel(tiny), train, val, cfg, out_dir / "crashed", resume=False, on_eval=crash)
     except SimulatedCrash:
         pass
     saved_step = int(torch.load(out_dir / "crashed" / "train_state.pt", weights_only=True)["step"])
     torch.manual_seed(999)  # a fresh process would have another random state: the checkpoint must restore it
-    resumed = GPTModel(tiny)  # fresh weights, overwritten from the checkpoint
-    history = pretrain(resumed, train, val, cfg, out_dir / "crashed", resume=True)
-    a, b = straight.state_dict(), resumed.state_dict()
+    continued = GPTModel(tiny)  # fresh weights, overwritten from the checkpoint when resuming
+    history = pretrain(continued, train, val, cfg, out_dir / "crashed", resume=resume)
+    a, b = straight.state_dict(), continued.state_dict()
     return {"saved_step": saved_step, "identical": all(torch.equal(a[k], b[k]) for k in a),
             "final_val_loss": history.val_loss[-1]}
 
@@ -205,31 +208,7 @@ def wrong_exercise_4_2(seed: int = 123, temperatures=(0.5, 1.0, 3.0)) -> dict:
 
 def wrong_exercise_4_3(out_dir: str | Path, steps: int = 8, crash_at: int = 6, seed: int = 123) -> dict:
     """Restarts after the crash (resume=False) instead of resuming from the checkpoint."""
-    out_dir = Path(out_dir)
-    train, val = verdict_windows(context_length=32)
-    cfg = PretrainConfig(max_steps=steps, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=2, eval_batches=1,
-                         save_every=2, seed=seed)
-    tiny = GPTConfig.from_preset("gpt-tiny", context_length=32)
-    torch.manual_seed(seed)
-    straight = GPTModel(tiny)
-    pretrain(straight, train, val, cfg, out_dir / "straight", resume=False)
-
-    def crash(step, model):
-        if step == crash_at:
-            raise SimulatedCrash(f"simulated crash at step {step}")
-
-    torch.manual_seed(seed)
-    try:
-        pretrain(GPTModel(tiny), train, val, cfg, out_dir / "crashed", resume=False, on_eval=crash)
-    except SimulatedCrash:
-        pass
-    saved_step = int(torch.load(out_dir / "crashed" / "train_state.pt", weights_only=True)["step"])
-    torch.manual_seed(999)
-    restarted = GPTModel(tiny)
-    history = pretrain(restarted, train, val, cfg, out_dir / "crashed", resume=False)
-    a, b = straight.state_dict(), restarted.state_dict()
-    return {"saved_step": saved_step, "identical": all(torch.equal(a[k], b[k]) for k in a),
-            "final_val_loss": history.val_loss[-1]}
+    return _crash_and_continue(Path(out_dir), steps, crash_at, seed, resume=False)
 
 
 def wrong_exercise_4_4(model: GPTModel) -> dict[str, torch.Tensor]:
