@@ -41,8 +41,7 @@ from safetensors.torch import load, save
 from torch import nn
 
 from common.files import atomic_write_bytes, remove_orphaned_temp_files
-from lora.apply import (active_adapter, adapter_configs, add_adapter, check_adapter, delete_adapter,
-                        mark_only_active_adapter_trainable, merged_adapters)
+from lora.apply import active_adapter, adapter_configs, check_adapter, filling_new_adapter, merged_adapters
 from lora.config import LoraConfig
 from lora.state_dict import base_parameters, lora_state_dict
 from lora.targets import saved_modules
@@ -280,18 +279,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     if name in adapter_configs(model):
         raise ValueError(f"this model already has an adapter named {name!r}; pass adapter_name='...' to load "
                          f"this one under another name")
-    add_adapter(model, name, cfg, check_rank=False)  # the saved tensors fix the shapes; checked below
-    try:
+    with filling_new_adapter(model, name, cfg, trainable, check_rank=False):  # the saved tensors fix the shapes
         _restore_heads(model, name, config, tensors)
         _copy_in(model, name, cfg, tensors)
-    except BaseException:
-        delete_adapter(model, name)  # leave the model as it was
-        raise
-    if trainable:
-        mark_only_active_adapter_trainable(model)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(False)
     return model
 
 

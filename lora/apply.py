@@ -210,3 +210,22 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
         registry.active = None
         if registry:
             set_active_adapter(model, sorted(registry)[0])
+
+
+@contextlib.contextmanager
+def filling_new_adapter(model: nn.Module, adapter_name: str, cfg: LoraConfig, trainable: bool,
+                        check_rank: bool = True):
+    """Add adapter `adapter_name` (zero B), let the `with` block copy its weights in, then make only it
+    trainable (trainable=True) or freeze everything. On any error inside the block the adapter is deleted
+    again, so a load that fails leaves the model as it was. Used by lora.adapters and lora.peft_format."""
+    add_adapter(model, adapter_name, cfg, check_rank=check_rank)
+    try:
+        yield
+    except BaseException:
+        delete_adapter(model, adapter_name)  # leave the model as it was
+        raise
+    if trainable:
+        mark_only_active_adapter_trainable(model)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)

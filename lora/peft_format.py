@@ -50,8 +50,7 @@ from safetensors.torch import load, save
 from torch import nn
 
 from common.files import atomic_write_bytes
-from lora.apply import active_adapter, adapter_configs, add_adapter, check_adapter, delete_adapter, \
-    mark_only_active_adapter_trainable
+from lora.apply import active_adapter, adapter_configs, check_adapter, filling_new_adapter
 from lora.config import LoraConfig
 from lora.layers import FusedQKVWithLoRA, LoRAWrapper, linear_dims
 from lora.targets import OUTPUT_HEAD_NAMES, lora_modules, matches_target, saved_modules
@@ -365,26 +364,16 @@ def import_peft_adapter(model: nn.Module, path: str | os.PathLike, module_names:
     if name in adapter_configs(model):
         raise ValueError(f"this model already has an adapter named {name!r}; pass adapter_name='...' to import "
                          f"this one under another name")
-    add_adapter(model, name, cfg)
-    try:
-        with torch.no_grad():
-            for mname, (A_ours, B_ours, _, _) in plan.items():
-                branch = model.get_submodule(mname).lora[name]
-                branch.lora_A.copy_(A_ours)
-                branch.lora_B.copy_(B_ours)
-            for mname, state in to_save.items():
-                copy = model.get_submodule(mname).modules_to_save[name]
-                mine = copy.state_dict()
-                for k, t in state.items():
-                    if k in mine and t.dim() == 2 and t.shape != mine[k].shape and t.T.shape == mine[k].shape:
-                        state[k] = t.T  # a Conv1D weight (fan_in_fan_out) into our nn.Linear
-                copy.load_state_dict(state)
-    except BaseException:
-        delete_adapter(model, name)  # leave the model as it was
-        raise
-    if trainable:
-        mark_only_active_adapter_trainable(model)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with filling_new_adapter(model, name, cfg, trainable), torch.no_grad():
+        for mname, (A_ours, B_ours, _, _) in plan.items():
+            branch = model.get_submodule(mname).lora[name]
+            branch.lora_A.copy_(A_ours)
+            branch.lora_B.copy_(B_ours)
+        for mname, state in to_save.items():
+            copy = model.get_submodule(mname).modules_to_save[name]
+            mine = copy.state_dict()
+            for k, t in state.items():
+                if k in mine and t.dim() == 2 and t.shape != mine[k].shape and t.T.shape == mine[k].shape:
+                    state[k] = t.T  # a Conv1D weight (fan_in_fan_out) into our nn.Linear
+            copy.load_state_dict(state)
     return model
