@@ -242,19 +242,27 @@ def spam_pointer(path: Path = SPAM_COMPARISON) -> dict | None:
     return result
 
 
-def the_scale(seed: int, out: Path) -> dict:
+def _by_scaling_vs_rank(ranks: list[int], values: dict[str, list[float]], ylabel: str, title: str, path: Path,
+                        **plot_kwargs) -> str:
+    """One log-log line per scaling convention against the rank; saved to `path`."""
     fig, ax = new_figure()
-    rs = list(range(1, 257))
     for scaling, style in zip(SCALINGS, ("-", "-.", "--")):
-        ax.plot(rs, [scaling_factor(16, r, scaling) for r in rs], style, label=f"{scaling} (alpha = 16)")
+        ax.plot(ranks, values[scaling], style, label=scaling, **plot_kwargs)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xlabel("rank r")
-    ax.set_ylabel("scale applied to x A B")
-    ax.set_title("LoRA scaling conventions")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    figures = [_save(fig, out / "05_scale_vs_rank.png")]
+    return _save(fig, path)
+
+
+def the_scale(seed: int, out: Path) -> dict:
+    rs = list(range(1, 257))
+    figures = [_by_scaling_vs_rank(rs, {s: [scaling_factor(16, r, s) for r in rs] for s in SCALINGS},
+                                   "scale applied to x A B", "LoRA scaling conventions (alpha = 16)",
+                                   out / "05_scale_vs_rank.png")]
 
     sizes = first_update(seed)
     print("5.6  ||Delta W||_F after one AdamW step (lr 1e-3, alpha = 16), 64 -> 512 layer:\n"
@@ -263,17 +271,11 @@ def the_scale(seed: int, out: Path) -> dict:
         print(f"{scaling:>14} | " + " | ".join(f"{sizes[scaling][r]:7.4f}" for r in FIRST_UPDATE_RANKS))
     ratio = sizes["alpha"][16] / sizes["alpha/r"][16]
     print(f"5.6  at r = 16, alpha / (alpha/r): {ratio:.1f}x")
-    fig, ax = new_figure()
-    for scaling, style in zip(SCALINGS, ("-", "-.", "--")):
-        ax.plot(FIRST_UPDATE_RANKS, [sizes[scaling][r] for r in FIRST_UPDATE_RANKS], style, marker="o", label=scaling)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    ax.set_xlabel("rank r")
-    ax.set_ylabel("||Delta W||_F after one AdamW step")
-    ax.set_title("the seed's 64 -> 512 layer, alpha = 16, lr 1e-3")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    figures.append(_save(fig, out / "05_first_update_vs_rank.png"))
+    figures.append(_by_scaling_vs_rank(FIRST_UPDATE_RANKS,
+                                       {s: [sizes[s][r] for r in FIRST_UPDATE_RANKS] for s in SCALINGS},
+                                       "||Delta W||_F after one AdamW step",
+                                       "the seed's 64 -> 512 layer, alpha = 16, lr 1e-3",
+                                       out / "05_first_update_vs_rank.png", marker="o"))
     return {"scales_at_r16": {s: scaling_factor(16, 16, s) for s in SCALINGS}, "first_update_norm": sizes,
             "alpha_over_alpha_r_at_r16": ratio, "spam_classifier_chapter_7_4": spam_pointer(), "figures": figures}
 
