@@ -3,7 +3,7 @@
 lora/ imports nothing of gpt/: it wraps layers by module name and type, and GPT's names are
 only the string defaults behind the target aliases. Read in this order:
     config.py           LoraConfig, the scaling conventions, the target aliases, the one rank check
-    layers.py           LoRALayer, LinearWithLoRA, FusedQKVWithLoRA (the math)
+    layers.py           LoRALayer, LinearWithLoRA, EmbeddingWithLoRA, FusedQKVWithLoRA (the math)
     counts.py           how many parameters LoRA trains, on paper
     registry.py         which adapters a model has and which is active: one object per model
     modules_to_save.py  fully trained modules (a new head), one copy per adapter
@@ -28,7 +28,7 @@ from lora.apply import (active_adapter, adapter_configs, add_adapter, apply_lora
 from lora.book import replace_linear_with_lora
 from lora.config import SCALINGS, TARGET_ALIASES, LoraConfig, scaling_factor, validate_rank
 from lora.counts import full_parameter_count, lora_parameter_count, lora_trainable_count, reduction
-from lora.layers import FusedQKVWithLoRA, LinearWithLoRA, LoRALayer, LoRAWrapper, QKVLoRALayer
+from lora.layers import EmbeddingWithLoRA, FusedQKVWithLoRA, LinearWithLoRA, LoRALayer, LoRAWrapper, QKVLoRALayer
 from lora.merge import is_merged, merge_lora, unmerge_lora
 from lora.modules_to_save import ModulesToSaveWrapper
 from lora.peft_format import export_peft_adapter, import_peft_adapter, read_peft_adapter
@@ -38,7 +38,7 @@ from lora.state_dict import base_parameters, lora_state_dict
 from lora.targets import lora_modules, resolve_targets
 
 __all__ = [
-    "LoRALayer", "LinearWithLoRA", "FusedQKVWithLoRA", "QKVLoRALayer", "LoRAWrapper", "ModulesToSaveWrapper",
+    "LoRALayer", "LinearWithLoRA", "EmbeddingWithLoRA", "FusedQKVWithLoRA", "QKVLoRALayer", "LoRAWrapper", "ModulesToSaveWrapper",
     "LoraConfig", "SCALINGS", "TARGET_ALIASES", "scaling_factor", "validate_rank", "LoraAdapters", "registry_of",
     "apply_lora", "add_adapter", "set_active_adapter", "disable_adapters", "enable_adapters", "delete_adapter",
     "active_adapter", "adapter_configs", "replace_linear_with_lora", "resolve_targets", "lora_modules",

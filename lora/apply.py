@@ -28,7 +28,7 @@ import contextlib
 from torch import nn
 
 from lora.config import LoraConfig, validate_rank
-from lora.layers import FusedQKVWithLoRA, LinearWithLoRA, LoRAWrapper, linear_dims
+from lora.layers import EmbeddingWithLoRA, FusedQKVWithLoRA, LinearWithLoRA, LoRAWrapper, embedding_dims, linear_dims
 from lora.modules_to_save import ModulesToSaveWrapper
 from lora.registry import registry_of
 from lora.targets import lora_modules, resolve_targets, saved_modules, set_submodule
@@ -94,7 +94,10 @@ def add_adapter(model: nn.Module, adapter_name: str, cfg: LoraConfig | None = No
                                  f"cannot put a {'fused' if kind == 'fused' else 'whole-layer'} LoRA on it")
             if adapter_name in module.lora:
                 raise ValueError(f"LoRA adapter {adapter_name!r} is already applied to {name} (LoRA applied twice)")
-        d_in, d_out, _ = (module.d_in, module.d_out, None) if isinstance(module, LoRAWrapper) else linear_dims(module)
+        if isinstance(module, LoRAWrapper):
+            d_in, d_out = module.d_in, module.d_out
+        else:
+            d_in, d_out, _ = (embedding_dims if kind == "embedding" else linear_dims)(module)
         validate_rank(cfg.rank_for(name), d_in, d_out // 3 if kind == "fused" else d_out, name, fits=check_rank)
 
     for name, (kind, enable) in plan.items():
@@ -107,7 +110,7 @@ def add_adapter(model: nn.Module, adapter_name: str, cfg: LoraConfig | None = No
         if isinstance(module, LoRAWrapper):
             module.add_adapter(adapter_name, **args)
         else:
-            cls = FusedQKVWithLoRA if kind == "fused" else LinearWithLoRA
+            cls = {"fused": FusedQKVWithLoRA, "linear": LinearWithLoRA, "embedding": EmbeddingWithLoRA}[kind]
             set_submodule(model, name, cls(module, adapter_name=adapter_name, registry=registry, layer_name=name,
                                            **args))
     for name in to_save:

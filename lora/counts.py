@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from lora.config import QKV_ALIASES, TARGET_ALIASES, LoraConfig
 
+EMBEDDING_NAME = "tok_emb"  # GPTModel's token embedding (a default name, as the aliases are)
+
 
 def _positive(**values):
     for name, v in values.items():
@@ -54,8 +56,8 @@ def lora_trainable_count(gpt_cfg, lora_cfg: LoraConfig, head_out_features: int |
     SimpleNamespace): the GPT's shapes, as plain ints. The output head is (emb_dim -> vocab_size,
     no bias) unless you replaced it: pass its `head_out_features` (2 for a spam classifier) and
     `head_bias`. Works for both attention layouts (a fused qkv with LoRA on q and v trains
-    exactly what W_query + W_value would). Only aliases at one rank are priced here; module-name
-    suffixes and rank patterns need the model (lora_parameter_report).
+    exactly what W_query + W_value would). The token embedding "tok_emb" (vocab_size -> emb_dim)
+    is priced too; other module-name suffixes and rank patterns need the model (lora_parameter_report).
     """
     missing = [a for a in ("emb_dim", "n_layers", "vocab_size") if not isinstance(getattr(gpt_cfg, a, None), int)]
     if missing:
@@ -68,7 +70,9 @@ def lora_trainable_count(gpt_cfg, lora_cfg: LoraConfig, head_out_features: int |
     head_out = gpt_cfg.vocab_size if head_out_features is None else head_out_features
     aliases = set()
     for target in lora_cfg.targets:
-        if target == "all-linear":
+        if target == EMBEDDING_NAME:
+            aliases.add(target)
+        elif target == "all-linear":
             aliases |= {*QKV_ALIASES, "out_proj", "ff_in", "ff_out"}
         elif target == "ff":
             aliases |= {"ff_in", "ff_out"}
@@ -82,10 +86,12 @@ def lora_trainable_count(gpt_cfg, lora_cfg: LoraConfig, head_out_features: int |
         raise ValueError(f"lora_trainable_count only knows the module to save 'out_head', got {sorted(saved)}")
 
     per_block = sum(lora_parameter_count(d_in, d_out, r)
-                    for alias in sorted(aliases - {"out_head"}) for d_in, d_out in _layer_shapes(d, alias))
+                    for alias in sorted(aliases - {"out_head", EMBEDDING_NAME}) for d_in, d_out in _layer_shapes(d, alias))
     total = gpt_cfg.n_layers * per_block
     if "out_head" in aliases:
         total += lora_parameter_count(d, head_out, r)
+    if EMBEDDING_NAME in aliases:  # one row of A per token id: r * (vocab_size + emb_dim)
+        total += lora_parameter_count(gpt_cfg.vocab_size, d, r)
     if "out_head" in saved:
         total += d * head_out + (head_out if head_bias else 0)
     return total

@@ -11,6 +11,9 @@ as it was, and only the product A B is ever added to the layer's output.
 * `QKVLoRALayer` / `FusedQKVWithLoRA`: LoRA on a fused `qkv` projection with a switch per
   projection (e.g. queries and values only, the LoRA paper's choice), like loralib's
   `MergedLinear` and litgpt's `LoRAQKVLinear`.
+* `EmbeddingWithLoRA`: a frozen `nn.Embedding` plus branches (loralib's and PEFT's `Embedding`).
+  An embedding is a linear layer applied to a one-hot token: one_hot(id) @ A = A[id], so the
+  branch is a row lookup in A followed by @ B.
 
 Each wrapper holds its branches in a ModuleDict keyed by adapter name ("default" unless you
 add more; see lora/apply.py), can merge a branch into the frozen weight and unmerge it again.
@@ -182,7 +185,7 @@ class LoRAWrapper(nn.Module):
     def __init__(self, linear: nn.Module, freeze_base: bool = True, registry: LoraAdapters | None = None,
                  layer_name: str | None = None):
         super().__init__()
-        self.d_in, self.d_out, self.fan_in_fan_out = linear_dims(linear)
+        self.d_in, self.d_out, self.fan_in_fan_out = self.layer_dims(linear)
         self.linear = linear
         self.lora = nn.ModuleDict()
         self.registry = LoraAdapters() if registry is None else registry
@@ -192,6 +195,8 @@ class LoRAWrapper(nn.Module):
         if freeze_base:
             for p in linear.parameters():
                 p.requires_grad_(False)
+
+    layer_dims = staticmethod(linear_dims)  # (d_in, d_out, fan_in_fan_out) of the layer this class wraps
 
     @property
     def active_adapter(self) -> str | None:
@@ -337,3 +342,55 @@ class FusedQKVWithLoRA(LoRAWrapper):
             # autograd: a linear layer's backward needs its input and weight, not its output.
             y[..., slot * d:(slot + 1) * d] += update.to(y.dtype)
         return y
+
+
+def embedding_dims(module: nn.Module) -> tuple[int, int, bool]:
+    """(num_embeddings, embedding_dim, True) of an nn.Embedding: read as a linear layer on one-hot
+    inputs, d_in = vocabulary size and d_out = width, and its weight is stored (d_in, d_out), the
+    fan_in_fan_out layout (a merge adds A @ B to it without a transpose)."""
+    if isinstance(module, LoRAWrapper):
+        raise ValueError(f"this layer already has LoRA ({type(module).__name__}); LoRA cannot be applied twice "
+                         f"to one layer (add another adapter by name instead)")
+    if not isinstance(module, nn.Embedding):
+        raise TypeError(f"EmbeddingWithLoRA wraps nn.Embedding layers, got {type(module).__name__}")
+    if module.max_norm is not None:
+        raise ValueError("LoRA on an nn.Embedding with max_norm is not supported: the lookup renormalises the "
+                         "base rows in place, and the update would be added after it")
+    return module.num_embeddings, module.embedding_dim, True
+
+
+class EmbeddingWithLoRA(LinearWithLoRA):
+    """y = embedding(ids) + scale * A[ids] @ B, for a frozen token embedding (vocabulary V, width d).
+
+    The same update as LinearWithLoRA's, read on one-hot inputs: one_hot(ids) @ A @ B = A[ids] @ B
+    with A (V, r) and B (r, d), so r * (V + d) parameters (404,104 for gpt-mini's 50,257 x 256 table
+    at r = 8). Each token id owns one row of A: a token that never occurs in training keeps a zero row
+    and its embedding is left exactly as the base has it.
+
+    Initialisation is the other way round from LinearWithLoRA's, as in loralib and PEFT: A = 0
+    (so the adapter starts as the identity and only rows of tokens that are seen ever move) and B
+    drawn from N(0, 1) (so that the gradient reaches A's rows from the first step). Dropout does not
+    apply: the input is a token id, not a vector (PEFT's Embedding does the same).
+    Merging adds scale * A @ B (V, d) into the table; a table tied to an output head is refused by
+    merge_lora (lora/merge.py), since the head would change too.
+    """
+
+    layer_dims = staticmethod(embedding_dims)
+
+    def add_adapter(self, name: str, rank: int, alpha: float, dropout: float = 0.0, scaling: str = "alpha/r",
+                    check_rank: bool = True):
+        validate_rank(rank, self.d_in, self.d_out, self.describe(), fits=check_rank)
+        branch = LoRALayer(self.d_in, self.d_out, rank, alpha, 0.0, scaling, **self._branch_kwargs(), check_rank=False)
+        with torch.no_grad():
+            branch.lora_A.zero_()  # (V, r)
+            branch.lora_B.normal_()  # (r, d)
+        self._new_branch(name, branch)
+        return branch
+
+    def forward(self, ids):
+        y = self.linear(ids)  # (..., d)
+        branch = self._live_branch()
+        if branch is None:
+            return y
+        codes = nn.functional.embedding(ids, branch.lora_A) * branch.scale  # rows of A: (..., r) = one_hot(ids) @ A
+        return y + (codes @ branch.lora_B).to(y.dtype)  # (..., r) x (r, d) -> (..., d)

@@ -16,6 +16,8 @@ PEFT writes two files (peft/utils/save_and_load.py, peft/tuners/lora/config.py):
   transformers' Conv1D (weight stored (d_in, d_out)). That flag only tells PEFT how to merge
   into a Conv1D weight: lora_A / lora_B are nn.Linear weights either way, so the factors load
   the same into our nn.Linear layers (their shapes are checked against each layer's d_in, d_out).
+  A token embedding (GPT-2's wte) is PEFT's `Embedding` layer: `...wte.lora_embedding_A` (r, V) and
+  `...wte.lora_embedding_B` (d, r), again our A and B transposed (lora/layers.py EmbeddingWithLoRA).
 
 `module_names` says which of our modules each of theirs is: {their module name: our module
 name}, or for a fused projection that we keep as separate layers, {their name: (our name for
@@ -52,12 +54,13 @@ from torch import nn
 from common.files import atomic_write_bytes
 from lora.apply import active_adapter, adapter_configs, check_adapter, filling_new_adapter
 from lora.config import LoraConfig
-from lora.layers import FusedQKVWithLoRA, LoRAWrapper, linear_dims
+from lora.layers import EmbeddingWithLoRA, FusedQKVWithLoRA, LoRAWrapper, embedding_dims, linear_dims
 from lora.targets import OUTPUT_HEAD_NAMES, lora_modules, matches_target, saved_modules
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the transformers model
+EMBEDDING = "embedding"  # the slot of a piece that is a token embedding's LoRA (PEFT's lora_embedding_A/B)
 
 
 def _check_names(module_names) -> dict:
@@ -95,7 +98,9 @@ def _pieces(model: nn.Module, name: str, theirs: dict) -> dict[str, list]:
                              f"counterpart (it maps e.g. {sorted(theirs)[:4]})")
         hf, slot = theirs[mname]
         branch = m.lora[name]
-        if isinstance(m, FusedQKVWithLoRA):
+        if isinstance(m, EmbeddingWithLoRA):
+            out.setdefault(hf, []).append((EMBEDDING, branch.lora_A, branch.lora_B, branch.scale))
+        elif isinstance(m, FusedQKVWithLoRA):
             n, r, _ = branch.lora_B.shape
             for j, s in enumerate(branch.enabled_slots):
                 out.setdefault(hf, []).append((s, branch.lora_A[:, j * r:(j + 1) * r], branch.lora_B[j], branch.scale))
@@ -158,9 +163,14 @@ def export_peft_adapter(model: nn.Module, out_dir: str | os.PathLike, module_nam
 
     tensors, ranks, scales = {}, {}, {}
     for hf, parts in pieces.items():
-        A, B, scales[hf] = _combine(parts)
-        tensors[f"{PEFT_PREFIX}{hf}.lora_A.weight"] = A.detach().to("cpu", torch.float32)
-        tensors[f"{PEFT_PREFIX}{hf}.lora_B.weight"] = B.detach().to("cpu", torch.float32)
+        if parts[0][0] == EMBEDDING:  # PEFT's Embedding keeps its factors as plain parameters
+            _, A, B, scales[hf] = parts[0]
+            A, B, names = A.T.contiguous(), B.T.contiguous(), ("lora_embedding_A", "lora_embedding_B")
+        else:
+            A, B, scales[hf] = _combine(parts)
+            names = ("lora_A.weight", "lora_B.weight")
+        tensors[f"{PEFT_PREFIX}{hf}.{names[0]}"] = A.detach().to("cpu", torch.float32)  # (R, d_in), embedding (R, V)
+        tensors[f"{PEFT_PREFIX}{hf}.{names[1]}"] = B.detach().to("cpu", torch.float32)  # (d_out, R), embedding (d, R)
         ranks[hf] = A.shape[0]
 
     to_save = []
@@ -274,8 +284,9 @@ def _dims(model: nn.Module, name: str) -> tuple[int, int]:
         module = model.get_submodule(name)
     except AttributeError:
         raise ValueError(f"module_names maps a PEFT module to {name!r}, which this model does not have") from None
-    d_in, d_out = (module.d_in, module.d_out) if isinstance(module, LoRAWrapper) else linear_dims(module)[:2]
-    return d_in, d_out
+    if isinstance(module, LoRAWrapper):
+        return module.d_in, module.d_out
+    return (embedding_dims if isinstance(module, nn.Embedding) else linear_dims)(module)[:2]
 
 
 def import_peft_adapter(model: nn.Module, path: str | os.PathLike, module_names: dict,
@@ -301,7 +312,7 @@ def import_peft_adapter(model: nn.Module, path: str | os.PathLike, module_names:
     lora, saved = {}, {}  # their module -> {"A": ..., "B": ...};  their module -> {param: tensor}
     for key, t in tensors.items():
         k = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
-        m = re.fullmatch(r"(.+)\.lora_([AB])\.weight", k)
+        m = re.fullmatch(r"(.+)\.lora_([AB])\.weight", k) or re.fullmatch(r"(.+)\.lora_embedding_([AB])", k)
         if m:
             lora.setdefault(m.group(1), {})[m.group(2)] = t
             continue
@@ -321,7 +332,8 @@ def import_peft_adapter(model: nn.Module, path: str | os.PathLike, module_names:
     for hf, factors in sorted(lora.items()):
         if set(factors) != {"A", "B"}:
             raise ValueError(f"{path}: {hf} has only lora_{''.join(factors)}; both lora_A and lora_B are needed")
-        A, B = factors["A"], factors["B"]  # (R, d_in), (d_out, R): nn.Linear weights, whatever fan_in_fan_out says
+        # (R, d_in), (d_out, R): nn.Linear weights, whatever fan_in_fan_out says; an embedding's (R, V), (d, R)
+        A, B = factors["A"], factors["B"]
         R = A.shape[0]
         expected = _pattern_value(rank_pattern, hf, r)
         if A.dim() != 2 or B.dim() != 2 or B.shape[1] != R or R != expected:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from torch import nn
 
 from lora.config import FUSED_QKV_NAME, QKV_ALIASES, TARGET_ALIASES, LoraConfig
-from lora.layers import FusedQKVWithLoRA, LoRAWrapper, linear_dims
+from lora.layers import EmbeddingWithLoRA, FusedQKVWithLoRA, LoRAWrapper, linear_dims
 from lora.modules_to_save import ModulesToSaveWrapper
 
 OUTPUT_HEAD_NAMES = ("out_head", "lm_head")  # never wrapped by "all-linear" (the book's and transformers' names)
@@ -34,12 +34,17 @@ def matches_target(name: str, suffix: str) -> bool:
 
 def is_linear_like(module: nn.Module) -> bool:
     if isinstance(module, LoRAWrapper):
-        return True
+        return not isinstance(module, EmbeddingWithLoRA)
     try:
         linear_dims(module)
         return True
     except TypeError:
         return False
+
+
+def is_embedding(module: nn.Module) -> bool:
+    """A token embedding LoRA can wrap (by name only: "all-linear" leaves embeddings alone, as in PEFT)."""
+    return isinstance(module, (nn.Embedding, EmbeddingWithLoRA))
 
 
 def user_modules(model: nn.Module):
@@ -82,7 +87,8 @@ def resolve_targets(model: nn.Module, cfg: LoraConfig) -> tuple[dict, list[str]]
     """Which modules a config selects, without changing the model.
 
     Returns (plan, to_save): plan maps a module name to ("linear", None) for a plain LoRA
-    layer or ("fused", (q, k, v) booleans) for a fused qkv projection; to_save lists the
+    layer, ("embedding", None) for a token embedding named as a target (e.g. "tok_emb", PEFT's
+    "wte") or ("fused", (q, k, v) booleans) for a fused qkv projection; to_save lists the
     modules_to_save names. Raises ValueError for an unknown target, a target that matches no
     module, a target that matches something that is not a linear layer, or a module that is
     both a target and a module to save.
@@ -111,7 +117,7 @@ def resolve_targets(model: nn.Module, cfg: LoraConfig) -> tuple[dict, list[str]]
                 enable[s] = True
             plan[name] = ("fused", tuple(enable))
         else:
-            plan[name] = ("linear", None)
+            plan[name] = (kind, None)
 
     for target in cfg.targets:
         found = 0
@@ -144,10 +150,13 @@ def resolve_targets(model: nn.Module, cfg: LoraConfig) -> tuple[dict, list[str]]
                                  f"and no module name ends with it; linear layers here are named like "
                                  f"{example_names(model)}")
             for name, module in hits:
-                if not is_linear_like(module):
+                if is_embedding(module):
+                    add(name, "embedding")
+                elif is_linear_like(module):
+                    add(name, "linear")
+                else:
                     raise ValueError(f"LoRA target {target!r} matches {name}, a {type(module).__name__}; LoRA wraps "
-                                     f"linear layers (nn.Linear or transformers' Conv1D)")
-                add(name, "linear")
+                                     f"linear layers (nn.Linear or transformers' Conv1D) and nn.Embedding")
                 found += 1
     return plan, to_save
 

@@ -1,0 +1,184 @@
+"""LoRA on a token embedding (lora/layers.py EmbeddingWithLoRA): the one-hot reading of the update, PEFT's
+initialisation, which rows train, counts, merging (and the refusal on a tied table), adapters that differ in
+whether they carry it, saving, and PEFT's format both ways with logits equal to peft + transformers within 1e-5.
+"""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from classify.model import add_classification_head
+from gpt import GPTConfig, GPTModel
+from gpt.weights import gpt2_module_names, load_gpt2
+from lora import (EmbeddingWithLoRA, LinearWithLoRA, LoraConfig, add_adapter, apply_lora, export_peft_adapter,
+                  import_peft_adapter, load_adapter, lora_parameter_report, merge_lora, save_adapter,
+                  set_active_adapter, unmerge_lora)
+from lora.counts import lora_trainable_count
+
+V, D, R = 50, 16, 4
+
+
+def random_factors(layer, name="default", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (layer.lora[name].lora_A, layer.lora[name].lora_B):
+            p.copy_(torch.randn(p.shape, generator=g))
+
+
+def test_the_branch_is_the_linear_update_on_one_hot_inputs():
+    torch.manual_seed(0)
+    table = nn.Embedding(V, D)
+    layer = EmbeddingWithLoRA(table, rank=R, alpha=8)
+    random_factors(layer)
+    ids = torch.tensor([[3, 0, 49, 3]])
+    A, B = layer.lora["default"].lora_A, layer.lora["default"].lora_B
+    one_hot = nn.functional.one_hot(ids, V).float()  # (1, 4, V)
+    expected = table.weight[ids] + (8 / R) * one_hot @ A @ B  # scale alpha / r = 2
+    torch.testing.assert_close(layer(ids), expected, rtol=0, atol=1e-5)
+    assert layer.d_in == V and layer.d_out == D
+
+
+def test_init_is_pefts_identity_and_only_rows_of_seen_tokens_train():
+    torch.manual_seed(0)
+    table = nn.Embedding(V, D)
+    layer = EmbeddingWithLoRA(table, rank=R, alpha=8)
+    A, B = layer.lora["default"].lora_A, layer.lora["default"].lora_B
+    assert torch.count_nonzero(A) == 0 and torch.count_nonzero(B) == R * D  # A = 0, B ~ N(0, 1) (PEFT)
+    ids = torch.tensor([[1, 7, 7, 30]])
+    assert torch.equal(layer(ids), table(ids))  # a fresh adapter changes nothing
+    assert not table.weight.requires_grad  # the table is frozen
+    layer(ids).pow(2).sum().backward()
+    rows_with_grad = torch.nonzero(A.grad.abs().sum(1)).flatten().tolist()
+    assert rows_with_grad == [1, 7, 30]  # a token never seen keeps a zero row: its embedding stays the base's
+    # (with the linear layers' init, A random and B = 0, every row of the table would move at once)
+
+
+def test_all_linear_leaves_the_embedding_alone_and_the_name_selects_it():
+    cfg = GPTConfig.from_preset("gpt-tiny")
+    model = apply_lora(GPTModel(cfg), LoraConfig(rank=R, alpha=8, targets=("all-linear",)))
+    assert isinstance(model.tok_emb, nn.Embedding) and not isinstance(model.tok_emb, EmbeddingWithLoRA)
+    model = GPTModel(cfg)
+    add_classification_head(model, 2)
+    lcfg = LoraConfig(rank=R, alpha=8, targets=("all-linear", "tok_emb"), modules_to_save=("out_head",))
+    apply_lora(model, lcfg)
+    assert isinstance(model.tok_emb, EmbeddingWithLoRA) and isinstance(model.trf_blocks[0].att.W_query, LinearWithLoRA)
+    assert not isinstance(model.pos_emb, EmbeddingWithLoRA)  # only the embedding named
+    trainable = lora_parameter_report(model)["trainable"]
+    assert trainable == lora_trainable_count(cfg, lcfg, head_out_features=2, head_bias=True)
+    embedding = R * (cfg.vocab_size + cfg.emb_dim)  # r (V + d): one row of A per token id, and B
+    assert trainable - lora_trainable_count(cfg, LoraConfig(rank=R, alpha=8, targets=("all-linear",),
+                                                            modules_to_save=("out_head",)), 2, True) == embedding
+
+
+def test_gpt_mini_sentiment_adapter_counts():
+    """The numbers chapter 8 quotes for its two adapters (LoRA r=8 on every linear layer + the head; the
+    sentiment adapter also on the token embedding)."""
+    cfg = GPTConfig.from_preset("gpt-mini")
+    linear = LoraConfig(rank=8, alpha=16, targets=("all-linear",), modules_to_save=("out_head",))
+    with_embedding = LoraConfig(rank=8, alpha=16, targets=("all-linear", "tok_emb"), modules_to_save=("out_head",))
+    assert lora_trainable_count(cfg, linear, 2, True) == 221_698
+    assert lora_trainable_count(cfg, with_embedding, 2, True) == 625_802  # + 8 * (50,257 + 256) = 404,104
+
+
+def test_merge_equals_unmerged_and_a_tied_table_is_refused():
+    torch.manual_seed(0)
+    cfg = GPTConfig.from_preset("gpt-tiny", drop_rate=0.0)
+    model = GPTModel(cfg).eval()
+    apply_lora(model, LoraConfig(rank=R, alpha=8, targets=("tok_emb",)))
+    with pytest.raises(ValueError, match=r"tied to \['out_head.weight'\]"):
+        merge_lora(model)  # the LM head shares the table: merging would change the head too
+    add_classification_head(model, 2)  # a new head: the table is its own again
+    random_factors(model.tok_emb)
+    x = torch.randint(0, cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    before = model.tok_emb.linear.weight.clone()
+    unmerged = model(x)
+    merge_lora(model)
+    torch.testing.assert_close(model(x), unmerged, rtol=0, atol=1e-5)
+    assert (model.tok_emb.linear.weight - before).abs().max() > 0.1  # the update is in the table now
+    unmerge_lora(model)
+    torch.testing.assert_close(model.tok_emb.linear.weight, before, rtol=0, atol=1e-6)
+
+
+def test_an_adapter_without_the_embedding_runs_the_base_table(tmp_path):
+    torch.manual_seed(0)
+    cfg = GPTConfig.from_preset("gpt-tiny", drop_rate=0.0)
+    model = GPTModel(cfg).eval()
+    add_classification_head(model, 2)
+    x = torch.randint(0, cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    base = model(x)
+    apply_lora(model, LoraConfig(rank=R, alpha=8, targets=("tok_emb",), modules_to_save=("out_head",)),
+               adapter_name="words")
+    random_factors(model.tok_emb, "words")
+    with_words = model(x)
+    assert (with_words - base).abs().max() > 1e-3
+    add_adapter(model, "plain", LoraConfig(rank=R, alpha=8, targets=("value",), modules_to_save=("out_head",)))
+    set_active_adapter(model, "plain")
+    torch.testing.assert_close(model(x), base, rtol=0, atol=1e-6)  # B = 0 and no branch on the table
+    assert not model.tok_emb.lora["words"].lora_A.requires_grad  # only the active adapter trains
+
+    set_active_adapter(model, "words")
+    save_adapter(model, tmp_path / "words", name="words")
+    torch.manual_seed(0)
+    fresh = GPTModel(cfg).eval()  # the same base weights
+    add_classification_head(fresh, 2)
+    load_adapter(fresh, tmp_path / "words")
+    assert isinstance(fresh.tok_emb, EmbeddingWithLoRA)
+    torch.testing.assert_close(fresh(x), with_words, rtol=0, atol=1e-6)
+
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    path = tmp_path_factory.mktemp("tiny-gpt2-embedding")
+    hf.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("attention", ["separate", "fused"])
+def test_peft_loads_our_embedding_adapter_with_equal_logits(tmp_path, monkeypatch, gpt2_dir, attention):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = load_gpt2(gpt2_dir, attention=attention)
+    x = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    apply_lora(ours, LoraConfig(rank=4, alpha=8, targets=("query", "value", "tok_emb")))
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "lora_" in name:
+                p.normal_(std=0.5)
+    expected = ours(x)
+    export_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg), base_model_name_or_path=str(gpt2_dir))
+    from safetensors.torch import load_file
+
+    shapes = {k: tuple(v.shape) for k, v in load_file(tmp_path / "peft" / "adapter_model.safetensors").items()}
+    assert shapes["base_model.model.transformer.wte.lora_embedding_A"] == (4, 50257)  # PEFT's (r, V)
+    assert shapes["base_model.model.transformer.wte.lora_embedding_B"] == (32, 4)  # and (d, r)
+    assert "wte" in json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["target_modules"]
+    hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+    assert (expected - hf(x).logits).abs().max() > 1e-2  # the adapter does something
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()
+    torch.testing.assert_close(peft_model(x).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_a_peft_embedding_adapter_imports_with_equal_logits(tmp_path, monkeypatch, gpt2_dir):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir)
+    peft_model = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["wte", "c_attn"],
+                                                         fan_in_fan_out=True))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(std=0.5)
+    peft_model.save_pretrained(tmp_path / "peft")
+    x = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    expected = peft_model.eval()(x).logits
+    ours = load_gpt2(gpt2_dir).eval()
+    import_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg))
+    assert isinstance(ours.tok_emb, EmbeddingWithLoRA)
+    torch.testing.assert_close(ours(x), expected, rtol=0, atol=1e-5)
