@@ -71,21 +71,28 @@ def exercise_1_2(text: str = "Akwirw ier") -> dict:
     }
 
 
-def exercise_1_3(vocab_size: int = 50257, emb_dim: int = 16, seed: int = 123) -> float:
-    """nn.Embedding vs nn.Linear on one-hot vectors: returns the largest absolute difference (0.0: identical).
+def exercise_1_3(vocab_size: int = 50257, emb_dim: int = 16, seed: int = 123) -> tuple[nn.Embedding, nn.Linear]:
+    """(embedding, linear): an nn.Embedding and an nn.Linear on one-hot vectors that compute the same thing.
 
     Answer: with linear.weight = embedding.weight.T (nn.Linear stores (out, in) = (emb_dim, vocab_size)),
-    one_hot(ids) @ W equals the lookup W[ids]. The lookup is what you want: it reads T rows instead of
-    multiplying a (T, 50,257) matrix that is 99.998 % zeros, and never allocates the one-hot tensor.
-    (Backward is a sparse row update as well.)
+    one_hot(ids) @ W equals the lookup W[ids] (`embedding_vs_linear_difference` measures it: 0.0). The lookup is
+    what you want: it reads T rows instead of multiplying a (T, 50,257) matrix that is 99.998 % zeros, and never
+    allocates the one-hot tensor. (Backward is a sparse row update as well.) Chapter 8 uses the same fact for
+    LoRA on an embedding: one_hot(ids) @ A @ B = A[ids] @ B.
     """
     torch.manual_seed(seed)
     embedding = nn.Embedding(vocab_size, emb_dim)
     linear = nn.Linear(vocab_size, emb_dim, bias=False)
     with torch.no_grad():
         linear.weight.copy_(embedding.weight.T)  # (emb_dim, vocab_size)
-        ids = torch.randint(0, vocab_size, (2, 8))
-        one_hot = nn.functional.one_hot(ids, vocab_size).float()  # (2, 8, V)
+    return embedding, linear
+
+
+def embedding_vs_linear_difference(embedding: nn.Embedding, linear: nn.Linear, seed: int = 123) -> float:
+    """The largest absolute difference between the two layers' outputs on random token ids of shape (2, 8)."""
+    ids = torch.randint(0, embedding.num_embeddings, (2, 8), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        one_hot = nn.functional.one_hot(ids, embedding.num_embeddings).float()  # (2, 8, V)
         return (linear(one_hot) - embedding(ids)).abs().max().item()
 
 
@@ -137,14 +144,10 @@ def wrong_exercise_1_2(text: str = "Akwirw ier") -> dict:
     return result
 
 
-def wrong_exercise_1_3(vocab_size: int = 50257, emb_dim: int = 16, seed: int = 123) -> float:
+def wrong_exercise_1_3(vocab_size: int = 50257, emb_dim: int = 16, seed: int = 123) -> tuple[nn.Embedding, nn.Linear]:
     """Forgets to copy the embedding's weight into the linear layer: two random layers differ."""
     torch.manual_seed(seed)
-    embedding = nn.Embedding(vocab_size, emb_dim)
-    linear = nn.Linear(vocab_size, emb_dim, bias=False)
-    with torch.no_grad():
-        ids = torch.randint(0, vocab_size, (2, 8))
-        return (linear(nn.functional.one_hot(ids, vocab_size).float()) - embedding(ids)).abs().max().item()
+    return nn.Embedding(vocab_size, emb_dim), nn.Linear(vocab_size, emb_dim, bias=False)
 
 
 def wrong_exercise_1_4(min_chars: int = 20) -> dict[str, tuple[float, str]]:

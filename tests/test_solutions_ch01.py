@@ -40,7 +40,9 @@ def test_bpe_merge_equals_tiktoken(text):
 
 
 def test_exercise_1_3_embedding_is_one_hot_matmul():
-    assert ch01.exercise_1_3() == pytest.approx(0.0, abs=1e-7)
+    embedding, linear = ch01.exercise_1_3()
+    assert ch01.embedding_vs_linear_difference(embedding, linear) == pytest.approx(0.0, abs=1e-7)
+    assert ch01.embedding_vs_linear_difference(*ch01.wrong_exercise_1_3()) > 0.1  # the weight not copied
 
 
 def test_exercise_1_4_tokens_per_character():
