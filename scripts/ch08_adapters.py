@@ -7,11 +7,15 @@ What it does, in order (adapters, figures and results.json go to --out, written 
 common.files.atomic_folder; settings and --out are checked, in one line each, before any work):
  1. Data: the SMS spam set (the book's balanced 70/10/20 split, seed 123) and the 3,000 sentiment
     sentences (Amazon, IMDb, Yelp; classify.data.load_sentiment) split 70/10/20 with seed 123.
- 2. ONE base model with a new 2-class head. A SPAM adapter (LoRA + its own copy of the head,
-    `modules_to_save`) is trained; then a SENTIMENT adapter is added to the same base and trained.
+ 2. ONE base model with a new 2-class head. A SPAM adapter (LoRA on every linear layer + its own copy
+    of the head, `modules_to_save`) is trained; then a SENTIMENT adapter is added to the same base and
+    trained. The sentiment adapter also puts LoRA on the token embedding (`tok_emb`) and trains on every
+    prefix of each sentence (chapter 7's loss): gpt-mini has read novels and SMS messages, not reviews,
+    and LoRA on the linear layers cannot change what a word's embedding says; without it the adapter
+    stays below a bag of words (notebook 8, section 8.2; scripts/compare_sentiment.py).
     Training the second adapter leaves the first bit-for-bit unchanged (checked).
- 3. Both are saved with lora.save_adapter: under 1 MB each at r=8 against the base checkpoint's 35 MB
-    (08_file_sizes.png).
+ 3. Both are saved with lora.save_adapter: about 0.9 MB (spam) and 2.5 MB (sentiment, the embedding's
+    A has one row per token id) at r=8 against the base checkpoint's 35 MB (08_file_sizes.png).
  4. A FRESH base is loaded and both adapters are put on it with lora.load_adapter: the saved config
     re-applies LoRA with the training flags, so none are repeated here. Its logits equal the trained
     model's. The adapters are swapped on that one base to classify a few texts with each.
@@ -20,7 +24,9 @@ common.files.atomic_folder; settings and --out are checked, in one line each, be
  6. The spam adapter is merged for inference. Latency of the base, the unmerged and the merged model
     at batch 1 and 8 (median of --repeats forward passes, variants alternating; 08_latency.png).
     These are rough timings; benchmarks/bench_inference.py is the careful measurement.
- 7. Test accuracy of each adapter on both test sets, and the training curves (08_training_curves.png).
+ 7. Test accuracy of each adapter on both test sets, beside a bag of words (classify.bag_of_words: logistic
+    regression on which tokens a text contains) fitted on the same training split, and the training curves
+    (08_training_curves.png).
 
 Everything runs on --device (auto: CUDA, then Apple MPS, then CPU), with bf16 autocast while training
 and evaluating on CUDA as in scripts/finetune_spam.py (--bf16 asks for it elsewhere). Adapters are
@@ -36,32 +42,29 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from classify.data import load_sentiment, random_split
-from classify.dataset import ClassificationDataset, make_loader, spam_datasets, split_datasets
+from classify.bag_of_words import fit_bag_of_words
 from classify.model import add_classification_head, class_logits, predict_texts
 from classify.saved import run_folder
-from classify.train import evaluate, train_classifier
+from classify.tasks import ADAPTERS, LABELS, PREFIX_WEIGHT, TASKS, Task, add_task_adapter, load_tasks, train_on_task
+from classify.train import evaluate
 from common.cli import ArgumentParser, UserError, parse_with_quick, run_main
 from common.files import atomic_write_text
 from gpt.config import GPTConfig
 from gpt.device import add_device_argument, pick_device, synchronize, use_bf16
 from gpt.model import GPTModel
 from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
-from lora import (LoraConfig, add_adapter, apply_lora, load_adapter, lora_parameter_report, merge_lora, save_adapter,
-                  set_active_adapter, unmerge_lora)
+from lora import (LoraConfig, load_adapter, lora_parameter_report, merge_lora, save_adapter, set_active_adapter,
+                  unmerge_lora)
 from plots.figures import new_figure, save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = "results.json"  # marks a folder as this script's run (with "quick": true for a smoke run)
 
 QUICK = dict(model="random:gpt-tiny", max_steps=4, eval_every=2, repeats=3)
-TASKS = ("spam", "sentiment")
-LABELS = {"spam": ["ham", "spam"], "sentiment": ["negative", "positive"]}
 EXAMPLES = {
     "spam": ["You are a winner! Call 09061701461 now to claim your 900 GBP prize. T&C apply",
              "Hey, are we still meeting for lunch tomorrow at 12?",
@@ -74,55 +77,22 @@ EXAMPLES = {
 }
 
 
-@dataclass
-class Task:
-    """One classification task: its labels, data sets and loaders."""
-
-    name: str
-    labels: list[str]
-    train: ClassificationDataset
-    val: ClassificationDataset
-    test: ClassificationDataset
-    batch_size: int
-    seed: int
-
-    @property
-    def max_length(self) -> int:
-        return self.train.max_length
-
-    def loader(self, split: str):
-        if split == "train":
-            return make_loader(self.train, self.batch_size, shuffle=True, drop_last=True, seed=self.seed)
-        return make_loader(getattr(self, split), 4 * self.batch_size, sort_by_length=True)
-
-
-def load_tasks(context_length: int, batch_size: int = 8, seed: int = 123) -> dict[str, Task]:
-    """The spam and sentiment tasks, tokenised and padded to their longest training text."""
-    sentiment = dict(zip(("train", "val", "test"), random_split(load_sentiment(), 0.7, 0.1, seed)))
-    data = {"spam": spam_datasets(context_length, seed=seed), "sentiment": split_datasets(sentiment, context_length)}
-    return {name: Task(name, LABELS[name], d["train"], d["val"], d["test"], batch_size, seed) for name, d in data.items()}
-
-
-def lora_config(args) -> LoraConfig:
-    return LoraConfig(rank=args.rank, alpha=args.alpha, targets=tuple(args.targets), modules_to_save=("out_head",))
+def lora_config(args, task: str) -> LoraConfig:
+    targets = args.spam_targets if task == "spam" else args.sentiment_targets
+    return LoraConfig(rank=args.rank, alpha=args.alpha, targets=tuple(targets), modules_to_save=("out_head",))
 
 
 def train_adapter(model, task: Task, cfg: LoraConfig, epochs: int, args, log=print, bf16: bool | None = None):
-    """Add adapter `task.name` to `model` (the first one with apply_lora), make it the active and only
-    trainable one, and train it on the task. Returns the ClassifierHistory."""
-    torch.manual_seed(args.seed)  # the adapter's A matrices
-    if getattr(model, "lora_adapters", None):
-        add_adapter(model, task.name, cfg)
-        set_active_adapter(model, task.name)
-    else:
-        apply_lora(model, cfg, adapter_name=task.name)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    log(f"{task.name}: training {sum(p.numel() for p in trainable):,} parameters (LoRA r={cfg.rank} on "
-        f"{','.join(cfg.targets)} + its own 2-class head) of {sum(p.numel() for p in model.parameters()):,}")
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
-    return train_classifier(model, task.loader("train"), task.loader("val"), optimizer, epochs, args.device,
-                            eval_every=args.eval_every, seed=args.seed, max_steps=args.max_steps, bf16=bf16,
-                            progress=not args.no_progress, log=log if not args.no_progress else None)
+    """Add adapter `task.name` to `model`, make it the active and only trainable one, and train it on the
+    task (classify.tasks). Returns the ClassifierHistory."""
+    add_task_adapter(model, task.name, cfg, seed=args.seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"{task.name}: training {trainable:,} parameters (LoRA r={cfg.rank} on {','.join(cfg.targets)} + its own "
+        f"2-class head) of {sum(p.numel() for p in model.parameters()):,}")
+    return train_on_task(model, task, epochs, lr=args.lr, weight_decay=args.weight_decay, device=args.device,
+                         seed=args.seed, eval_every=args.eval_every, max_steps=args.max_steps, bf16=bf16,
+                         prefix_weight=PREFIX_WEIGHT[task.name],
+                         progress=not args.no_progress, log=log if not args.no_progress else None)
 
 
 def classify(model, texts: list[str], labels: list[str], max_length: int) -> list[tuple[str, float]]:
@@ -243,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_BASE, help="base: a gpt.checkpoint folder/file, gpt2-small..., random[:preset]")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank r of both adapters")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha of both adapters")
-    p.add_argument("--targets", nargs="+", default=["all-linear"], help="LoRA targets of both adapters")
+    p.add_argument("--spam-targets", nargs="+", default=list(ADAPTERS["spam"].targets), help="LoRA targets of the spam adapter")
+    p.add_argument("--sentiment-targets", nargs="+", default=list(ADAPTERS["sentiment"].targets),
+                   help="LoRA targets of the sentiment adapter (tok_emb: the token embedding)")
     p.add_argument("--lr", type=float, default=8e-4, help="AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     p.add_argument("--spam-epochs", type=int, default=3, help="epochs of the spam adapter (1,045 messages)")
@@ -316,12 +288,12 @@ def _run(args, device, info: dict, out: Path, final_out: Path, argv, log) -> dic
     add_classification_head(model, num_classes=2)
     model.to(device)  # the head drawn on the CPU: the same initial weights on every device
     log(f"device {device}" + (" with bf16 autocast" if use_bf16(device, bf16) else ""))
-    cfg = lora_config(args)
+    configs = {name: lora_config(args, name) for name in TASKS}
     epochs = {"spam": args.spam_epochs, "sentiment": args.sentiment_epochs}
     histories, train_seconds = {}, {}
     for name in TASKS:
         t0 = time.perf_counter()
-        histories[name] = train_adapter(model, tasks[name], cfg, epochs[name], args, log, bf16)
+        histories[name] = train_adapter(model, tasks[name], configs[name], epochs[name], args, log, bf16)
         train_seconds[name] = round(time.perf_counter() - t0, 1)
         if name == "spam":
             spam_weights = {k: v.detach().clone() for k, v in model.state_dict().items() if ".spam" in k}
@@ -372,6 +344,12 @@ def _run(args, device, info: dict, out: Path, final_out: Path, argv, log) -> dic
         set_active_adapter(fresh, adapter)
         accuracy[adapter] = {t: evaluate(fresh, tasks[t].loader("test"), device, bf16=bf16)["accuracy"] for t in TASKS}
         log(f"{adapter} adapter, test accuracy: " + ", ".join(f"{t} {100 * a:.1f} %" for t, a in accuracy[adapter].items()))
+    bag_of_words = {}
+    for name, task in tasks.items():  # the baseline without a GPT, on the same splits
+        bow = fit_bag_of_words(task.splits["train"], seed=args.seed)
+        bag_of_words[name] = {split: bow.accuracy(task.splits[split]) for split in ("val", "test")}
+        log(f"bag of words on {name}: validation {100 * bag_of_words[name]['val']:.1f} %, "
+            f"test {100 * bag_of_words[name]['test']:.1f} %")
     plot_training_curves(histories, out / "08_training_curves.png")
 
     # 6. Merge for inference, and latency.
@@ -411,7 +389,7 @@ def _run(args, device, info: dict, out: Path, final_out: Path, argv, log) -> dic
         "command": "python scripts/ch08_adapters.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "quick": args.quick,
         "base": args.model, "device": str(device), "bf16": use_bf16(device, bf16),
-        "lora": cfg.to_dict(), "lr": args.lr, "epochs": epochs, "max_steps": args.max_steps,
+        "lora": {name: c.to_dict() for name, c in configs.items()}, "lr": args.lr, "epochs": epochs, "max_steps": args.max_steps,
         "trainable_per_adapter": report["per_adapter"],
         "train_seconds": train_seconds,
         "file_sizes_bytes": size_rows,
@@ -419,6 +397,7 @@ def _run(args, device, info: dict, out: Path, final_out: Path, argv, log) -> dic
         "predictions": predictions,
         "different_base_errors": errors,
         "test_accuracy": accuracy,
+        "bag_of_words_accuracy": bag_of_words,
         "merged_vs_unmerged_max_logit_diff": merged_diff,
         "latency_ms": {str(b): row for b, row in latency.items()},
         "latency_setup": note,

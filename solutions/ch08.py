@@ -231,3 +231,23 @@ def wrong_exercise_8_4(preset: str = "gpt-mini", rank: int = 8, targets=("all-li
     out["base_linear_macs_per_token"] = total
     out["ratio"] = out["extra_macs_per_token"] / total
     return out
+
+
+def exercise_8_6(model, adapter: str, texts: list[str]) -> dict:
+    """{"rows_nonzero": rows of adapter `adapter`'s lora_A on the token embedding that are not all zero,
+    "token_ids_in_texts": distinct token ids in `texts`}. A starts at zero and a row receives a gradient only when
+    its token occurs at a real position of a training batch, so the moved rows are those of the training
+    sentences' tokens (minus any that occur only in the incomplete batches drop_last skips): every other
+    token keeps the base's embedding, which is all a word seen only at test time gets."""
+    from classify.dataset import encode_text
+
+    lora_A = model.tok_emb.lora[adapter].lora_A  # (V, r)
+    rows = int((lora_A != 0).any(dim=1).sum())
+    return {"rows_nonzero": rows, "token_ids_in_texts": len({i for text in texts for i in encode_text(text)})}
+
+
+def wrong_exercise_8_6(model, adapter: str, texts: list[str]) -> dict:
+    """Counts the non-zero entries of A, not its rows (r per moved token)."""
+    out = exercise_8_6(model, adapter, texts)
+    out["rows_nonzero"] = int((model.tok_emb.lora[adapter].lora_A != 0).sum())
+    return out

@@ -1,9 +1,7 @@
 """LoRA on a token embedding (lora/layers.py EmbeddingWithLoRA): the one-hot reading of the update, PEFT's
 initialisation, which rows train, counts, merging (and the refusal on a tied table), adapters that differ in
-whether they carry it, saving, and PEFT's format both ways with logits equal to peft + transformers within 1e-5.
+whether they carry it, and saving. PEFT's format for it, both ways: tests/test_lora_peft.py.
 """
-
-import json
 
 import pytest
 import torch
@@ -11,10 +9,8 @@ from torch import nn
 
 from classify.model import add_classification_head
 from gpt import GPTConfig, GPTModel
-from gpt.weights import gpt2_module_names, load_gpt2
-from lora import (EmbeddingWithLoRA, LinearWithLoRA, LoraConfig, add_adapter, apply_lora, export_peft_adapter,
-                  import_peft_adapter, load_adapter, lora_parameter_report, merge_lora, save_adapter,
-                  set_active_adapter, unmerge_lora)
+from lora import (EmbeddingWithLoRA, LinearWithLoRA, LoraConfig, add_adapter, apply_lora, load_adapter,
+                  lora_parameter_report, merge_lora, save_adapter, set_active_adapter, unmerge_lora)
 from lora.counts import lora_trainable_count
 
 V, D, R = 50, 16, 4
@@ -126,59 +122,3 @@ def test_an_adapter_without_the_embedding_runs_the_base_table(tmp_path):
     load_adapter(fresh, tmp_path / "words")
     assert isinstance(fresh.tok_emb, EmbeddingWithLoRA)
     torch.testing.assert_close(fresh(x), with_words, rtol=0, atol=1e-6)
-
-
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
-
-
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64))
-    path = tmp_path_factory.mktemp("tiny-gpt2-embedding")
-    hf.save_pretrained(path)
-    return path
-
-
-@pytest.mark.parametrize("attention", ["separate", "fused"])
-def test_peft_loads_our_embedding_adapter_with_equal_logits(tmp_path, monkeypatch, gpt2_dir, attention):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    ours = load_gpt2(gpt2_dir, attention=attention)
-    x = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
-    apply_lora(ours, LoraConfig(rank=4, alpha=8, targets=("query", "value", "tok_emb")))
-    with torch.no_grad():
-        for name, p in ours.named_parameters():
-            if "lora_" in name:
-                p.normal_(std=0.5)
-    expected = ours(x)
-    export_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg), base_model_name_or_path=str(gpt2_dir))
-    from safetensors.torch import load_file
-
-    shapes = {k: tuple(v.shape) for k, v in load_file(tmp_path / "peft" / "adapter_model.safetensors").items()}
-    assert shapes["base_model.model.transformer.wte.lora_embedding_A"] == (4, 50257)  # PEFT's (r, V)
-    assert shapes["base_model.model.transformer.wte.lora_embedding_B"] == (32, 4)  # and (d, r)
-    assert "wte" in json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["target_modules"]
-    hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
-    assert (expected - hf(x).logits).abs().max() > 1e-2  # the adapter does something
-    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()
-    torch.testing.assert_close(peft_model(x).logits, expected, rtol=0, atol=1e-5)
-
-
-def test_a_peft_embedding_adapter_imports_with_equal_logits(tmp_path, monkeypatch, gpt2_dir):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir)
-    peft_model = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["wte", "c_attn"],
-                                                         fan_in_fan_out=True))
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.normal_(std=0.5)
-    peft_model.save_pretrained(tmp_path / "peft")
-    x = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
-    expected = peft_model.eval()(x).logits
-    ours = load_gpt2(gpt2_dir).eval()
-    import_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg))
-    assert isinstance(ours.tok_emb, EmbeddingWithLoRA)
-    torch.testing.assert_close(ours(x), expected, rtol=0, atol=1e-5)

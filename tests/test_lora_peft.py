@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from gpt.weights import gpt2_module_names, load_gpt2
-from lora import LoraConfig, apply_lora, export_peft_adapter, import_peft_adapter, load_adapter, save_adapter
+from lora import (EmbeddingWithLoRA, LoraConfig, apply_lora, export_peft_adapter, import_peft_adapter, load_adapter,
+                  save_adapter)
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -177,3 +178,48 @@ def test_import_refuses_what_it_cannot_reproduce(tmp_path, gpt2_dir):
     with pytest.raises(ValueError, match="have no counterpart in module_names"):
         import_peft_adapter(ours, tmp_path / "peft", {"lm_head": "out_head"})
     assert not any("lora" in n for n, _ in ours.named_parameters())  # refused before anything changed
+
+
+# --- LoRA on the token embedding (lora.EmbeddingWithLoRA): PEFT's lora_embedding_A / lora_embedding_B ----------
+
+@pytest.mark.parametrize("attention", ["separate", "fused"])
+def test_peft_loads_our_embedding_adapter_with_equal_logits(tmp_path, monkeypatch, gpt2_dir, attention):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = load_gpt2(gpt2_dir, attention=attention)
+    x = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    apply_lora(ours, LoraConfig(rank=4, alpha=8, targets=("query", "value", "tok_emb")))
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "lora_" in name:
+                p.normal_(std=0.5)
+    expected = ours(x)
+    export_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg), base_model_name_or_path=str(gpt2_dir))
+    from safetensors.torch import load_file
+
+    shapes = {k: tuple(v.shape) for k, v in load_file(tmp_path / "peft" / "adapter_model.safetensors").items()}
+    assert shapes["base_model.model.transformer.wte.lora_embedding_A"] == (4, 50257)  # PEFT's (r, V)
+    assert shapes["base_model.model.transformer.wte.lora_embedding_B"] == (32, 4)  # and (d, r)
+    assert "wte" in json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["target_modules"]
+    hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+    assert (expected - hf(x).logits).abs().max() > 1e-2  # the adapter does something
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()
+    torch.testing.assert_close(peft_model(x).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_a_peft_embedding_adapter_imports_with_equal_logits(tmp_path, monkeypatch, gpt2_dir):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir)
+    peft_model = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["wte", "c_attn"],
+                                                         fan_in_fan_out=True))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(std=0.5)
+    peft_model.save_pretrained(tmp_path / "peft")
+    x = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    expected = peft_model.eval()(x).logits
+    ours = load_gpt2(gpt2_dir).eval()
+    import_peft_adapter(ours, tmp_path / "peft", gpt2_module_names(ours.cfg))
+    assert isinstance(ours.tok_emb, EmbeddingWithLoRA)
+    torch.testing.assert_close(ours(x), expected, rtol=0, atol=1e-5)

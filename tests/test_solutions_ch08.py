@@ -60,12 +60,15 @@ def test_script_quick_run_end_to_end(tmp_path):
     results = script.main(["--quick", "--out", str(tmp_path), "--threads", "1", "--no-progress"], log=lambda s: None)
     for name in ("08_file_sizes.png", "08_training_curves.png", "08_latency.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 1_000, name
-    assert json.loads((tmp_path / "results.json").read_text())["lora"]["rank"] == 8
+    lora = json.loads((tmp_path / "results.json").read_text())["lora"]
+    assert lora["spam"]["rank"] == lora["sentiment"]["rank"] == 8
+    assert lora["spam"]["targets"] == ["all-linear"] and lora["sentiment"]["targets"] == ["all-linear", "tok_emb"]
     for task in ("spam", "sentiment"):
         assert sorted(p.name for p in (tmp_path / "adapters" / task).iterdir()) == ["adapter.safetensors",
                                                                                      "adapter_config.json"]
-    # gpt-tiny, r=8 on all-linear: 2 blocks x 576 x 8 = 9,216 LoRA numbers + the head's 66.
-    assert results["trainable_per_adapter"] == {"spam": 9_282, "sentiment": 9_282}
+    # gpt-tiny, r=8 on all-linear: 2 blocks x 576 x 8 = 9,216 LoRA numbers + the head's 66; the sentiment
+    # adapter also on the token embedding: 8 x (50,257 + 32) = 402,312 more.
+    assert results["trainable_per_adapter"] == {"spam": 9_282, "sentiment": 9_282 + 402_312}
     assert max(results["fresh_vs_trained_max_logit_diff"].values()) < 1e-5
     assert results["merged_vs_unmerged_max_logit_diff"] < 1e-5
     errors = results["different_base_errors"]
@@ -77,9 +80,37 @@ def test_script_quick_run_end_to_end(tmp_path):
         assert set(results["test_accuracy"][adapter]) == {"spam", "sentiment"}
         assert all(0.0 <= a <= 1.0 for a in results["test_accuracy"][adapter].values())
     assert results["histories"]["spam"]["step"][-1] == 4  # --quick: max_steps=4
+    for task in ("spam", "sentiment"):  # the bag of words beside each adapter, on the same splits
+        assert set(results["bag_of_words_accuracy"][task]) == {"val", "test"}
+    assert results["bag_of_words_accuracy"]["sentiment"]["test"] == pytest.approx(0.7667, abs=1e-4)
 
 
 def test_script_rejects_a_missing_base(tmp_path):
     script = load_script("ch08_adapters")
     with pytest.raises(FileNotFoundError, match="not found"):
         script.main(["--model", str(tmp_path / "nothing-here"), "--out", str(tmp_path)], log=lambda s: None)
+
+
+def test_exercise_8_6_rows_of_the_embedding_that_moved():
+    """A real training step on a tiny model: exactly the rows of the batch's tokens move."""
+    import torch
+
+    from classify.data import Example
+    from classify.dataset import ClassificationDataset, encode_text, make_loader
+    from classify.model import add_classification_head
+    from classify.train import train_classifier
+    from lora import LoraConfig, apply_lora
+
+    texts = ["Great phone, the battery lasts.", "Cold food and rude staff.", "Not worth it.", "A wonderful film!"]
+    model = ch08._base()
+    add_classification_head(model, num_classes=2)
+    apply_lora(model, LoraConfig(rank=4, alpha=8, targets=("tok_emb",), modules_to_save=("out_head",)),
+               adapter_name="sentiment")
+    data = ClassificationDataset([Example(t, i % 2) for i, t in enumerate(texts)], context_length=64)
+    loader = make_loader(data, batch_size=4, shuffle=True, drop_last=True, seed=0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.1)
+    train_classifier(model, loader, loader, optimizer, 2, "cpu", eval_every=0, progress=False, log=None)
+    out = ch08.exercise_8_6(model, "sentiment", texts)
+    distinct = len({i for t in texts for i in encode_text(t)})
+    assert out == {"rows_nonzero": distinct, "token_ids_in_texts": distinct}
+    assert ch08.wrong_exercise_8_6(model, "sentiment", texts)["rows_nonzero"] == 4 * distinct
