@@ -40,6 +40,7 @@ from classify.tasks import SENTIMENT_LORA, SPAM_LORA, add_task_adapter, load_tas
 from classify.train import evaluate
 from common.cli import ArgumentParser, UserError, parse_with_quick, run_main
 from common.files import atomic_write_text
+from gpt.device import add_device_argument, pick_device
 from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
 from lora import LoraConfig
 from plots.figures import new_figure, save_figure
@@ -60,7 +61,7 @@ ROWS = {
 ALL_ROWS = ["bag-of-words", *ROWS]
 
 
-def run_row(row: str, model_spec: str, tasks: dict, seed: int, max_steps: int | None, log) -> dict:
+def run_row(row: str, model_spec: str, tasks: dict, seed: int, max_steps: int | None, device, log) -> dict:
     """Train one row at one seed; its validation and test accuracy and trainable parameter count."""
     task = tasks["sentiment"]
     if row == "bag-of-words":
@@ -75,10 +76,11 @@ def run_row(row: str, model_spec: str, tasks: dict, seed: int, max_steps: int | 
         set_trainable(model, "full")
     else:
         add_task_adapter(model, "sentiment", what, seed=seed)
-    history = train_on_task(model, task, epochs, lr=lr, seed=seed, eval_every=0, max_steps=max_steps,
+    model.to(device)  # built on the CPU: the same initial weights on every device
+    history = train_on_task(model, task, epochs, lr=lr, device=device, seed=seed, eval_every=0, max_steps=max_steps,
                             prefix_weight=prefix_weight, progress=False, log=None)
     model.eval()
-    out = {split: evaluate(model, task.loader(split), "cpu")["accuracy"] for split in ("val", "test")}
+    out = {split: evaluate(model, task.loader(split), device)["accuracy"] for split in ("val", "test")}
     out["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     out["val_by_epoch"] = history.val_accuracy
     return out
@@ -140,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[123, 124, 125])
     p.add_argument("--max-steps", type=int, default=None, help="stop each training after this many steps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_argument(p)
     p.add_argument("--results", default=None, help="folder for sentiment_comparison.{json,md,png} (default: results/; "
                                                    "with --quick runs/quick/compare_sentiment)")
     p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
@@ -185,20 +188,21 @@ def main(argv=None, log=print) -> dict:
         return report
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = describe_base(args.model)  # a missing base: one clear line before any work
+    device = pick_device(args.device)  # a device that does not exist: one clear line before any work
+    info = describe_base(args.model)  # so is a missing base
     context_length = load_base(args.model, seed=0).cfg.context_length
     tasks = load_tasks(context_length)
     runs: dict[str, dict[int, dict]] = {}
     t0 = time.perf_counter()
     for row in args.rows:
         for seed in args.seeds:
-            result = run_row(row, args.model, tasks, seed, args.max_steps, log)
+            result = run_row(row, args.model, tasks, seed, args.max_steps, device, log)
             runs.setdefault(row, {})[seed] = result
             log(f"{row:<24} seed {seed}: validation {100 * result['val']:.1f} %, test {100 * result['test']:.1f} % "
                 f"({time.perf_counter() - t0:.0f} s)")
     report = {
         "command": "python scripts/compare_sentiment.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "quick": args.quick, "base": args.model,
+        "quick": args.quick, "base": args.model, "device": str(device),
         "base_sha256": sha256_of(info["path"]) if info["kind"] == "checkpoint" else None,
         "seeds": args.seeds, "rows": {row: (ROWS[row][4] if row in ROWS else "bag of words") for row in args.rows},
         "summary": summarise(runs), "runs": {row: {str(s): r for s, r in by.items()} for row, by in runs.items()},
