@@ -62,6 +62,11 @@ def test_the_sentiment_adapter_reaches_the_bag_of_words_on_seed_123():
     (probs, _, _), = predict_texts(model, ["Terrible service, the food was cold and the waiter was rude."],
                                    task.max_length)
     assert probs[0] > 0.5, f"p(negative) = {probs[0]:.2f}"
+    # Exercise 8.6: the rows of the embedding's A that moved are the training sentences' tokens (solutions/ch08.md).
+    from solutions.ch08 import exercise_8_6
+
+    moved = exercise_8_6(model, "sentiment", [ex.text for ex in task.splits["train"]])
+    assert moved == {"rows_nonzero": 5_483, "token_ids_in_texts": 5_483}
 
 
 def test_compare_sentiment_quick_run_and_refusals(tmp_path):
