@@ -379,12 +379,10 @@ class EmbeddingWithLoRA(LinearWithLoRA):
 
     def add_adapter(self, name: str, rank: int, alpha: float, dropout: float = 0.0, scaling: str = "alpha/r",
                     check_rank: bool = True):
-        validate_rank(rank, self.d_in, self.d_out, self.describe(), fits=check_rank)
-        branch = LoRALayer(self.d_in, self.d_out, rank, alpha, 0.0, scaling, **self._branch_kwargs(), check_rank=False)
+        branch = super().add_adapter(name, rank, alpha, 0.0, scaling, check_rank)  # no dropout on a token id
         with torch.no_grad():
             branch.lora_A.zero_()  # (V, r)
             branch.lora_B.normal_()  # (r, d)
-        self._new_branch(name, branch)
         return branch
 
     def forward(self, ids):

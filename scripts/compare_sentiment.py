@@ -61,7 +61,7 @@ ROWS = {
 ALL_ROWS = ["bag-of-words", *ROWS]
 
 
-def run_row(row: str, model_spec: str, tasks: dict, seed: int, max_steps: int | None, device, log) -> dict:
+def run_row(row: str, model_spec: str, tasks: dict, seed: int, max_steps: int | None, device) -> dict:
     """Train one row at one seed; its validation and test accuracy and trainable parameter count."""
     task = tasks["sentiment"]
     if row == "bag-of-words":
@@ -196,7 +196,7 @@ def main(argv=None, log=print) -> dict:
     t0 = time.perf_counter()
     for row in args.rows:
         for seed in args.seeds:
-            result = run_row(row, args.model, tasks, seed, args.max_steps, device, log)
+            result = run_row(row, args.model, tasks, seed, args.max_steps, device)
             runs.setdefault(row, {})[seed] = result
             log(f"{row:<24} seed {seed}: validation {100 * result['val']:.1f} %, test {100 * result['test']:.1f} % "
                 f"({time.perf_counter() - t0:.0f} s)")
