@@ -5,6 +5,8 @@ For every check file that exists (the format: notebooks/checks/README.md):
   (`exercise_1_3`); a stub that is a variable (`exercise_5_2 = ...`) gets the function's return value;
 * the planted wrong answer fails it with the check's own message: solutions/chNN.py's `wrong_exercise_1_3`,
   one mistake a student could make (a check that cannot fail is a defect);
+* so do `typed_in_exercise_1_3` (constants typed in from the statement) and `shortcut_exercise_1_3` (the forbidden
+  shortcut, or an answer that skips the computation the exercise trains);
 * the untouched stub, exactly as the notebook hands it out, fails with "not answered yet";
 * its notebook has the stub cell and one `grader.check("exN_M")` cell after it.
 A failure that is the check's verdict prints `CheckFailed: <message>`; anything else (a TypeError inside
@@ -106,6 +108,28 @@ def test_planted_wrong_answer_fails(check):
     result = run_check(check, env_with(check, wrong))
     assert not result.passed_all, f"{check.name} passes the planted wrong answer: {wrong.__doc__}"
     assert "CheckFailed: " in messages(result), messages(result)  # the check's verdict, not a crash in it
+
+
+# What students really write, kept for every check (solutions/chNN.py, next to `wrong_exercise_N_M`):
+#   typed_in_exercise_N_M: the numbers the statement or the chapter prints, typed in instead of computed;
+#   shortcut_exercise_N_M: the shortcut the statement forbids, or an answer that skips the computation the
+#                          exercise trains (where there is none, a second plausible mistake, named in its docstring).
+# A check that accepts either could be passed without doing the exercise.
+WRONG_KINDS = ("typed_in_", "shortcut_")
+
+
+@pytest.mark.parametrize("kind", WRONG_KINDS, ids=lambda k: k.rstrip("_"))
+@pytest.mark.parametrize("check", CHECKS, ids=lambda p: p.stem)
+def test_typed_in_and_shortcut_answers_fail(check, kind):
+    if not HAS_SOLUTIONS:
+        pytest.skip(NO_SOLUTIONS)
+    module = solution_module(check)
+    wrong = getattr(module, kind + answer_name(check), None)
+    assert wrong is not None, f"{module.__name__} needs {kind}{answer_name(check)}: see WRONG_KINDS above"
+    assert wrong.__doc__, f"{kind}{answer_name(check)} needs a docstring naming the mistake it makes"
+    result = run_check(check, env_with(check, wrong))
+    assert not result.passed_all, f"{check.name} passes {kind}{answer_name(check)}: {wrong.__doc__}"
+    assert "CheckFailed: " in messages(result), messages(result)
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda p: p.stem)
