@@ -3,9 +3,11 @@
     python scripts/make_student_release.py OUT
 
 OUT gets the project's files (git's view: tracked and not ignored, or the folder's files without git)
-except the solutions: no solutions/, no tests of the solutions (every tests/*.py that imports the
-`solutions` package), no release tooling (this script and its test). The notebooks go as they are
-committed: outputs of a full run, exercise stubs not filled in, the checks' "not answered yet" messages.
+except the solutions and the teacher's notes: no solutions/, no tests of the solutions (every tests/*.py that
+imports the `solutions` package), no TEACHING.md, no release tooling (this script and its test). The notebooks go
+as they are committed (outputs of a full run, exercise stubs not filled in), except that the check cells'
+outputs are cleared: a student sees a check's verdict when they run it, not a red "not answered yet" from the
+committed run. The script refuses a chapter that points to solutions/ (the students' copy has none).
 The script refuses a notebook whose answer cell is not the stub as handed out (docstring and `...`), so
 a teacher's filled-in copy never reaches a class. The release's own `pytest` passes: the exercise-check
 tests whose reference is in solutions/ skip, saying why.
@@ -35,6 +37,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {".git", ".venv", "runs", "__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
 RELEASE_TOOLING = {"scripts/make_student_release.py", "tests/test_student_release.py"}
+TEACHER_ONLY = {"TEACHING.md", "tests/test_teaching.py"}  # the course plan, grading and autograders, and its test
 IMPORTS_SOLUTIONS = re.compile(r"^\s*(from solutions\b|import solutions\b)", re.MULTILINE)
 STUB_NAME = re.compile(r"^(?:def (exercise_\d+_\d+)\(|(exercise_\d+_\d+)\s*=)", re.MULTILINE)
 NOTE = ("> **Student release.** Made by `scripts/make_student_release.py`: the exercise solutions (`solutions/`) and\n"
@@ -59,6 +62,8 @@ def left_out(path: Path, root: Path) -> str | None:
         return "solutions"
     if path.as_posix() in RELEASE_TOOLING:
         return "release tooling"
+    if path.as_posix() in TEACHER_ONLY:
+        return "for the teacher"
     if path.parts[0] == "tests" and path.suffix == ".py" and IMPORTS_SOLUTIONS.search((root / path).read_text("utf-8")):
         return "tests the solutions"
     return None
@@ -92,6 +97,23 @@ def filled_in_answers(notebook: Path) -> list[str]:
     cells = nbformat.read(notebook, as_version=4).cells
     return [a or b for c in cells if c.cell_type == "code" for a, b in STUB_NAME.findall(c.source)
             if not is_untouched_stub(c.source)]
+
+
+def points_to_solutions(notebook: Path) -> list[int]:
+    """Markdown cells of a chapter that send the reader to solutions/, which the release does not have."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    return [i for i, c in enumerate(cells) if c.cell_type == "markdown" and "solutions/" in c.source]
+
+
+def clear_check_outputs(notebook: Path) -> int:
+    """Clear the outputs of the `grader.check(...)` cells of a released chapter; returns how many were cleared."""
+    nb = nbformat.read(notebook, as_version=4)
+    checks = [c for c in nb.cells if c.cell_type == "code" and "grader.check(" in c.source and c.outputs]
+    for cell in checks:
+        cell.outputs, cell.execution_count = [], None
+    if checks:
+        nbformat.write(nb, notebook)
+    return len(checks)
 
 
 @contextlib.contextmanager
@@ -139,6 +161,12 @@ def make_release(out: Path, root: Path = ROOT) -> tuple[list[Path], list[Path]]:
         raise SystemExit("error: these notebooks have answers filled in, not the stubs as handed out: "
                          + "; ".join(f"{nb}: {', '.join(names)}" for nb, names in sorted(filled.items()))
                          + ". Put the stubs back (docstring and `...`) and run again (nothing was written).")
+    pointing = {nb.name: cells for nb in (root / "notebooks").glob("[0-9][0-9]_*.ipynb")
+                if (cells := points_to_solutions(nb))}
+    if pointing:
+        raise SystemExit("error: these chapters send students to solutions/, which the release leaves out: "
+                         + "; ".join(f"{nb} (markdown cells {cells})" for nb, cells in sorted(pointing.items()))
+                         + ". Reword them (nothing was written).")
     kept = [f for f in files if left_out(f, root) is None]
     staging = out.with_name(out.name + ".partial")
     if staging.exists():
@@ -147,6 +175,8 @@ def make_release(out: Path, root: Path = ROOT) -> tuple[list[Path], list[Path]]:
         for rel in kept:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / rel, staging / rel)
+        for notebook in (staging / "notebooks").glob("[0-9][0-9]_*.ipynb"):
+            clear_check_outputs(notebook)
         readme = staging / "README.md"
         if readme.exists():
             readme.write_text(NOTE + readme.read_text(encoding="utf-8"), encoding="utf-8")

@@ -135,6 +135,7 @@ def test_release_has_the_chapters_and_no_solutions(release):
     assert sorted(p.name for p in (release / "notebooks" / "checks" / "ch01").glob("*.py")) == [c.name for c in CHECKS
                                                                                               if c.parent.name == "ch01"]
     assert (release / "README.md").read_text(encoding="utf-8").startswith("> **Student release.**")
+    assert not (release / "TEACHING.md").exists() and not (release / "tests" / "test_teaching.py").exists()
     with zipfile.ZipFile(release.with_name("release-autograder") / "ch01-autograder.zip") as z:
         names = set(z.namelist())
     assert {"tests/ex1_1.py", "tests/ex1_4.py", "files/checks/_guard.py"} <= names
@@ -150,6 +151,33 @@ def test_release_leaks_no_answer_and_no_solution_text(release):
     found = [(p.relative_to(release), line) for p in searched_files(release)
              for line in lines if line in p.read_text(encoding="utf-8", errors="replace")]
     assert found == []
+
+
+def test_release_chapters_show_no_committed_check_verdict_and_no_solutions_folder(release):
+    """A student opens a chapter and sees no red "not answered yet" from the committed run, and no pointer to
+    solutions/, which their copy does not have."""
+    checks_seen = 0
+    for path in sorted((release / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        checks = [c for c in cells if c.cell_type == "code" and "grader.check(" in c.source]
+        checks_seen += len(checks)
+        assert all(not c.outputs for c in checks), f"{path.name}: a check cell ships with its committed output"
+        assert not [c for c in cells if c.cell_type == "markdown" and "solutions/" in c.source], path.name
+    assert checks_seen == len(CHECKS)
+    committed = nbformat.read(ROOT / "notebooks" / "01_text_to_tokens.ipynb", as_version=4).cells
+    assert any(c.outputs for c in committed if c.cell_type == "code" and "grader.check(" in c.source)  # not vacuous
+
+
+def test_release_refuses_a_chapter_that_points_to_solutions(tmp_path):
+    """Negative control: the same copy with one chapter saying where the solutions are is refused, nothing written."""
+    root = tmp_path / "course"
+    (root / "notebooks").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("## Exercises\n\nSolutions are in `solutions/ch01.py`.")]
+    nbformat.write(nb, root / "notebooks" / "01_text_to_tokens.ipynb")
+    with pytest.raises(SystemExit, match=r"01_text_to_tokens.ipynb \(markdown cells \[0\]\)"):
+        make_student_release.make_release(tmp_path / "out", root=root)
+    assert not (tmp_path / "out").exists()
 
 
 def test_leak_search_finds_a_planted_answer(tmp_path):
