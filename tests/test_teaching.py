@@ -54,6 +54,63 @@ def test_teaching_exercise_table_equals_the_statements():
     assert quoted == stated
 
 
+CLASS_MINUTES_FOR_EXERCISES = 50  # of a 90-minute class; about 40 go to reading and running the chapter
+PLAN_ROW = re.compile(r"^\| (\d+) \| \[(\d+) [^]]+\]\(notebooks/(\d\d)_[^)]+\) \| [^|]+ \| ([\d., ]+) \| (\d+) \| ([\d., ]*) \|$",
+                      re.MULTILINE)
+
+
+def course_plan(text: str) -> list[dict]:
+    return [{"class": int(m[0]), "chapter": int(m[1]), "notebook": int(m[2]),
+             "in_class": [x.strip() for x in m[3].split(",")], "minutes": int(m[4]),
+             "homework": [x.strip() for x in m[5].split(",") if x.strip()]} for m in PLAN_ROW.findall(text)]
+
+
+def plan_problems(text: str) -> list[str]:
+    """What is wrong with a course plan: a class over its minutes, a stated total that is not the sum, an exercise
+    planned twice or not at all, a chapter without a class."""
+    minutes = {n: int(m) for n, _, m in re.findall(r"^\| (\d+\.\d+) \| (★+) \| (\d+)", text, re.MULTILINE)}
+    problems, planned = [], []
+    plan = course_plan(text)
+    for row in plan:
+        total = sum(minutes.get(x, 0) for x in row["in_class"])
+        if total != row["minutes"]:
+            problems.append(f"class {row['class']}: its in-class exercises take {total} minutes, the plan says "
+                            f"{row['minutes']}")
+        if total > CLASS_MINUTES_FOR_EXERCISES:
+            problems.append(f"class {row['class']}: {total} minutes of exercises in class (at most "
+                            f"{CLASS_MINUTES_FOR_EXERCISES}): move one to homework")
+        planned += row["in_class"] + row["homework"]
+        if row["chapter"] != row["notebook"]:
+            problems.append(f"class {row['class']}: chapter {row['chapter']} links notebook {row['notebook']}")
+    if sorted(planned) != sorted(minutes) or len(planned) != len(set(planned)):
+        problems.append(f"planned {sorted(planned)}, want every exercise once: {sorted(minutes)}")
+    chapters = sorted(int(p.name[:2]) for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if [row["chapter"] for row in plan] != chapters:
+        problems.append(f"classes cover chapters {[row['chapter'] for row in plan]}, the course has {chapters}")
+    return problems
+
+
+def test_course_plan_fits_its_classes():
+    text = TEACHING.read_text(encoding="utf-8")
+    assert len(course_plan(text)) >= 9
+    assert plan_problems(text) == []
+
+
+def test_course_plan_check_catches_a_crowded_class():
+    """Negative control: the plan with one homework exercise moved into its class is refused."""
+    text = TEACHING.read_text(encoding="utf-8")
+    minutes = {n: int(m) for n, _, m in re.findall(r"^\| (\d+\.\d+) \| (★+) \| (\d+)", text, re.MULTILINE)}
+    row = max((r for r in course_plan(text) if r["homework"]), key=lambda r: minutes[r["homework"][0]])
+    line = next(line for line in text.splitlines() if line.startswith(f"| {row['class']} |"))
+    in_class = row["in_class"] + row["homework"][:1]
+    head = line.split(" | ")[:3]
+    crowded_line = " | ".join([*head, ", ".join(in_class), str(sum(minutes[x] for x in in_class)),
+                               ", ".join(row["homework"][1:])]) + " |"
+    crowded = text.replace(line, crowded_line)
+    assert len(course_plan(crowded)) == len(course_plan(text))  # the edited row still reads as a plan row
+    assert any("minutes" in p for p in plan_problems(crowded))
+
+
 def test_teaching_table_renders_and_is_written_between_the_markers(tmp_path):
     results = {"machine": {"cpu": "AMD EPYC", "logical_cores": 2, "torch": "2.13.0+cpu", "python": "3.11.7"},
                "notebooks": {"02_attention.ipynb": {"wall_s": 22.1, "torch_threads": 2, "slowest_cells": [
