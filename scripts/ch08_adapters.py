@@ -12,7 +12,7 @@ common.files.atomic_folder; settings and --out are checked, in one line each, be
     trained. The sentiment adapter also puts LoRA on the token embedding (`tok_emb`) and trains on every
     prefix of each sentence (chapter 7's loss): gpt-mini has read novels and SMS messages, not reviews,
     and LoRA on the linear layers cannot change what a word's embedding says; without it the adapter
-    stays below a bag of words (notebook 8, section 8.2; scripts/compare_sentiment.py).
+    stays below a bag of words (notebook 8, section 8.3; scripts/compare_sentiment.py).
     Training the second adapter leaves the first bit-for-bit unchanged (checked).
  3. Both are saved with lora.save_adapter: about 0.9 MB (spam) and 2.5 MB (sentiment, the embedding's
     A has one row per token id) at r=8 against the base checkpoint's 35 MB (08_file_sizes.png).

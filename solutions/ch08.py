@@ -17,7 +17,7 @@ import torch
 from classify.model import add_classification_head
 from gpt.config import GPTConfig
 from gpt.model import GPTModel
-from lora import (LoraConfig, active_adapter, adapter_configs, apply_lora, load_adapter, lora_trainable_count, read_adapter,
+from lora import (LoraConfig, active_adapter, adapter_configs, apply_lora, load_adapter, read_adapter,
                   save_adapter)
 
 
@@ -101,16 +101,15 @@ def details_8_2(folder: str | Path, preset: str = "gpt-tiny") -> dict:
 
 
 def details_8_3(folder: str | Path, preset: str = "gpt-tiny", ranks=(1, 2, 4, 8, 16)) -> dict[int, dict[str, int]]:
-    """File size against rank, predicted from the shapes.
+    """What the adapter file holds, at several ranks: exercise_8_3 on each file, with the tensor bytes predicted
+    from the shapes beside them.
 
-    Answer: the file holds r (d_in + d_out) float32 numbers per wrapped layer, plus the head's
-    emb_dim * 2 + 2. all-linear wraps q, k, v, out_proj (d -> d) and the two feed-forward layers
-    (d -> 4d, 4d -> d): 4 r 2d + 2 r 5d = 18 r d numbers per block. gpt-tiny (d = 32, 2 blocks):
-    1,152 r + 66 numbers, 4,608 r + 264 bytes. gpt-mini (d = 256, 6 blocks): 27,648 r + 514 numbers,
-    at r = 8 221,698 numbers = 886,792 bytes. The rest of the file is the safetensors header: a JSON
-    with each tensor's name, dtype, shape and offsets, plus our config in its metadata, whose largest part
-    is the per-tensor fingerprint of the base. It is a few KB and nearly the same at every rank (only
-    the offsets' digits change), so small adapters are mostly header.
+    Answer: the tensors are r (d_in + d_out) numbers per wrapped layer, plus the head's emb_dim * 2 + 2.
+    all-linear wraps q, k, v, out_proj (d -> d) and the two feed-forward layers (d -> 4d, 4d -> d):
+    18 r d numbers per block. gpt-tiny (d = 32, 2 blocks): 4,608 r + 264 bytes in float32; gpt-mini at r = 8:
+    886,792 bytes. The rest of the file is the safetensors header: each tensor's name, dtype, shape and
+    offsets, plus our configuration in its metadata, whose largest part is the per-tensor fingerprint of the
+    base. It is a few KB and nearly the same at every rank, so small adapters are mostly header.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,39 +117,34 @@ def details_8_3(folder: str | Path, preset: str = "gpt-tiny", ranks=(1, 2, 4, 8,
     out = {}
     for r in ranks:
         path = save_adapter(_spam_model(preset, rank=r), folder / f"spam-r{r}.safetensors", name="spam")
-        _, tensors = read_adapter(path)
-        tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
         numbers = cfg.n_layers * 18 * r * cfg.emb_dim + cfg.emb_dim * 2 + 2
-        out[r] = {"file_bytes": path.stat().st_size, "tensor_bytes": tensor_bytes, "predicted_bytes": 4 * numbers,
-                  "header_bytes": path.stat().st_size - tensor_bytes}
+        out[r] = {**exercise_8_3(path), "file_bytes": path.stat().st_size, "predicted_bytes": 4 * numbers}
     return out
 
 
-def details_8_4() -> dict[str, dict[str, float]]:
-    """Extra multiply-adds per token of an unmerged adapter, relative to the frozen linear layers.
+def details_8_4(preset: str = "gpt-tiny") -> dict:
+    """Every adapter asked about one batch: a model with a "spam" and a "sentiment" adapter (random, as if
+    trained), the sentiment one active.
 
-    Answer: a LoRA branch on a d_in -> d_out layer costs d_in r + r d_out multiply-adds per token
-    (x A, then B): exactly its parameter count. The frozen linear layers of one block cost
-    4 d^2 (q, k, v, out_proj) + 8 d^2 (the feed-forward pair) = 12 d^2. gpt-mini, r = 8, all-linear:
-    221,184 extra against 6 x 12 x 256^2 = 4,718,592, 4.7 %. GPT-2 124M, r = 8, query and value:
-    294,912 against 12 x 12 x 768^2 = 84,934,656, 0.35 %. (Attention scores and the output head add
-    work that LoRA does not touch, so the share of the whole forward pass is smaller still.)
-    The measured slowdown at batch 1 is larger because a branch is two extra, very thin matmuls per
-    layer (x A has only r = 8 columns) plus an addition: each call has a fixed cost (operator
-    dispatch, Python, on a GPU a kernel launch) that does not shrink with the arithmetic, and thin
-    matmuls run far below the machine's peak rate. At batch 1 the whole forward pass is small, so
-    those fixed costs are a large share; at larger batches the big matmuls dominate again. Merging
-    removes both.
+    Answer: exercise_8_4 gives each adapter's predictions and leaves "sentiment" active; the two adapters
+    disagree on some texts (they are different classifiers), and asking costs one forward pass per adapter.
     """
-    out = {}
-    setups = {"gpt-mini, r=8, all-linear": (GPTConfig.from_preset("gpt-mini"), LoraConfig(rank=8, targets="all-linear")),
-              "gpt2-small, r=8, query+value": (GPTConfig.from_preset("gpt2-small"),
-                                               LoraConfig(rank=8, targets=("query", "value")))}
-    for name, (cfg, lcfg) in setups.items():
-        extra = lora_trainable_count(cfg, lcfg)  # multiply-adds per token = LoRA parameters
-        base = cfg.n_layers * 12 * cfg.emb_dim ** 2
-        out[name] = {"extra_macs_per_token": extra, "base_linear_macs_per_token": base, "ratio": extra / base}
-    return out
+    from lora import add_adapter, set_active_adapter
+
+    model = _spam_model(preset)
+    add_adapter(model, "sentiment", LoraConfig(rank=8, alpha=16, targets="all-linear", modules_to_save=("out_head",)))
+    set_active_adapter(model, "sentiment")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(std=0.5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, model.cfg.vocab_size, (32, 12), generator=g)
+    lengths = torch.randint(2, 13, (32,), generator=g)
+    predictions = exercise_8_4(model, x, lengths)
+    return {"adapters": sorted(predictions), "active_after": active_adapter(model),
+            "shapes": {k: tuple(v.shape) for k, v in predictions.items()},
+            "agree": int((predictions["spam"] == predictions["sentiment"]).sum())}
 
 
 # ----------------------------------------------------------------------------- the notebook's answer functions
@@ -170,13 +164,28 @@ def wrong_exercise_8_1(model, path) -> dict:
     return config
 
 
-def exercise_8_2(make_base, adapter, nudge: float = 1e-3) -> dict:
-    """Add `nudge` to ONE weight of a fresh base (make_base()), try to load `adapter` onto it, then load it with
-    check_base=False: {"error": the refusal's message (str), "loaded_with_check_base_false": bool}. The answer:
-    details_8_2."""
+def typed_in_exercise_8_1(model, path) -> dict:
+    """Types in the configuration section 8.6 prints (rank 8, alpha 16, all-linear, out_head) without saving a file."""
+    return {"lora": {"alpha": 16.0, "dropout": 0.0, "modules_to_save": ["out_head"], "rank": 8,
+                     "scaling": "alpha/r", "targets": ["all-linear"]}}
+
+
+def shortcut_exercise_8_1(model, path) -> dict:
+    """Saves the file but returns the configuration the model holds in memory instead of reading the file back."""
+    import dataclasses
+
+    name = active_adapter(model)
+    save_adapter(model, path, name=name)
+    return dataclasses.asdict(adapter_configs(model)[name])
+
+
+def exercise_8_2(make_base, adapter, weight: str = "trf_blocks.0.ff.layers.0.weight", nudge: float = 1e-3) -> dict:
+    """Add `nudge` to ONE number of the tensor `weight` of a fresh base (make_base()), try to load `adapter` onto it,
+    then load it onto that base with check_base=False: {"error": the refusal's message (str),
+    "loaded_with_check_base_false": bool}. The answer: details_8_2."""
     base = make_base()
     with torch.no_grad():
-        base.trf_blocks[-1].ff.layers[0].weight[0, 0] += nudge
+        base.get_parameter(weight).view(-1)[0] += nudge
     try:
         load_adapter(base, adapter)
         error = None
@@ -186,12 +195,12 @@ def exercise_8_2(make_base, adapter, nudge: float = 1e-3) -> dict:
     return {"error": error, "loaded_with_check_base_false": bool(adapter_configs(base))}
 
 
-def wrong_exercise_8_2(make_base, adapter, nudge: float = 1e-3) -> dict:
+def wrong_exercise_8_2(make_base, adapter, weight: str = "trf_blocks.0.ff.layers.0.weight", nudge: float = 1e-3) -> dict:
     """Nudges a clone of the weight instead of the weight itself: the base is unchanged, nothing is refused."""
     base = make_base()
     with torch.no_grad():
-        w = base.trf_blocks[-1].ff.layers[0].weight.clone()
-        w[0, 0] += nudge
+        w = base.get_parameter(weight).clone()
+        w.view(-1)[0] += nudge
     try:
         load_adapter(base, adapter)
         error = None
@@ -200,37 +209,114 @@ def wrong_exercise_8_2(make_base, adapter, nudge: float = 1e-3) -> dict:
     return {"error": error, "loaded_with_check_base_false": bool(adapter_configs(base))}
 
 
-def exercise_8_3(preset: str = "gpt-mini", ranks=(1, 2, 4, 8, 16)) -> dict[int, int]:
-    """{rank: bytes of tensor data in the spam adapter's file}, predicted from the shapes: LoRA on every linear layer
-    of the blocks at that rank plus the 2-class head's weight and bias, float32. The answer: details_8_3."""
-    cfg = GPTConfig.from_preset(preset)
-    d, n = cfg.emb_dim, cfg.n_layers
-    return {r: 4 * (n * (4 * r * (d + d) + 2 * r * (d + 4 * d)) + d * 2 + 2) for r in ranks}
+def typed_in_exercise_8_2(make_base, adapter, weight: str = "trf_blocks.0.ff.layers.0.weight",
+                          nudge: float = 1e-3) -> dict:
+    """Types in the refusal section 8.9 prints (another base altogether) and True, without nudging or loading."""
+    return {"error": "this adapter was made for another base model (weights fingerprint differs: different values in "
+                     "['final_norm.scale', 'final_norm.shift', 'pos_emb.weight', 'tok_emb.weight', "
+                     "'trf_blocks.0.att.W_key.weight'] and 77 more); pass check_base=False to load it anyway",
+            "loaded_with_check_base_false": True}
 
 
-def wrong_exercise_8_3(preset: str = "gpt-mini", ranks=(1, 2, 4, 8, 16)) -> dict[int, int]:
-    """Forgets the head's copy, which the adapter saves with its LoRA matrices."""
-    cfg = GPTConfig.from_preset(preset)
-    return {r: b - 4 * (cfg.emb_dim * 2 + 2) for r, b in exercise_8_3(preset, ranks).items()}
+def shortcut_exercise_8_2(make_base, adapter, weight: str = "trf_blocks.0.ff.layers.0.weight",
+                          nudge: float = 1e-3) -> dict:
+    """Gets the refusal right but reports True for the second part without ever loading with check_base=False."""
+    base = make_base()
+    with torch.no_grad():
+        base.get_parameter(weight).view(-1)[0] += nudge
+    try:
+        load_adapter(base, adapter)
+        error = None
+    except ValueError as err:
+        error = str(err)
+    return {"error": error, "loaded_with_check_base_false": True}
 
 
-def exercise_8_4(preset: str = "gpt-mini", rank: int = 8, targets=("all-linear",)) -> dict:
-    """Extra multiply-adds per token of an unmerged adapter against those of the blocks' frozen linear layers:
-    {"extra_macs_per_token": int, "base_linear_macs_per_token": int, "ratio": float}. The answer: details_8_4."""
-    cfg = GPTConfig.from_preset(preset)
-    extra = lora_trainable_count(cfg, LoraConfig(rank=rank, targets=tuple(targets)))
-    base = cfg.n_layers * 12 * cfg.emb_dim ** 2
-    return {"extra_macs_per_token": extra, "base_linear_macs_per_token": base, "ratio": extra / base}
+def _tensor_bytes(path) -> tuple[int, int]:
+    _, tensors = read_adapter(path)
+    return len(tensors), sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def wrong_exercise_8_4(preset: str = "gpt-mini", rank: int = 8, targets=("all-linear",)) -> dict:
-    """Divides by every parameter of the model (the token embedding included), not the blocks' linear layers."""
-    out = exercise_8_4(preset, rank, targets)
-    with torch.device("meta"):
-        total = sum(p.numel() for p in GPTModel(GPTConfig.from_preset(preset)).parameters())
-    out["base_linear_macs_per_token"] = total
-    out["ratio"] = out["extra_macs_per_token"] / total
+def exercise_8_3(path) -> dict[str, int]:
+    """What the adapter file at `path` holds: {"tensors": how many tensors, "tensor_bytes": their bytes,
+    "header_bytes": the rest of the file (the safetensors header: names, shapes, offsets and the configuration in
+    its metadata), "fingerprinted_base_tensors": how many base tensors the saved fingerprint hashes}. The answer:
+    details_8_3."""
+    config, _ = read_adapter(path)
+    count, tensor_bytes = _tensor_bytes(path)
+    return {"tensors": count, "tensor_bytes": tensor_bytes, "header_bytes": Path(path).stat().st_size - tensor_bytes,
+            "fingerprinted_base_tensors": len(config["base_model"]["fingerprint"]["tensors"])}
+
+
+def wrong_exercise_8_3(path) -> dict[str, int]:
+    """Counts the fingerprint's tensors of the adapter (the tensors_sha256 list) instead of the base's."""
+    out = exercise_8_3(path)
+    config, _ = read_adapter(path)
+    out["fingerprinted_base_tensors"] = len(config["tensors_sha256"])
     return out
+
+
+def typed_in_exercise_8_3(path) -> dict[str, int]:
+    """Types in the chapter's spam adapter (gpt-mini, r = 8: 74 tensors, 886,792 bytes, 900.4 KB on disk, 79 base
+    tensors) whatever file it is given."""
+    return {"tensors": 74, "tensor_bytes": 886_792, "header_bytes": 900_400 - 886_792, "fingerprinted_base_tensors": 79}
+
+
+def shortcut_exercise_8_3(path) -> dict[str, int]:
+    """Predicts the tensor bytes from the configuration (r (d_in + d_out) float32 numbers per layer of all-linear,
+    plus a 2-class head) instead of reading the tensors the file holds."""
+    config, _ = read_adapter(path)
+    gpt = config["base_model"]["gpt_config"]
+    r, d, n = config["lora"]["rank"], gpt["emb_dim"], gpt["n_layers"]
+    predicted = 4 * (n * 18 * r * d + 2 * d + 2)
+    return {"tensors": n * 12 + 2, "tensor_bytes": predicted, "header_bytes": Path(path).stat().st_size - predicted,
+            "fingerprinted_base_tensors": len(config["base_model"]["fingerprint"]["tensors"])}
+
+
+def exercise_8_4(model, x, lengths) -> dict:
+    """{adapter name: predicted class ids (batch,)} for every adapter on `model`, asked about the batch `x` (token ids,
+    (batch, T)) with `lengths` real tokens each; the adapter active before the call is active again after it."""
+    from classify.model import class_logits
+    from lora import set_active_adapter
+
+    before = active_adapter(model)
+    predictions = {}
+    try:
+        with torch.no_grad():
+            for name in adapter_configs(model):
+                set_active_adapter(model, name)
+                predictions[name] = class_logits(model, x, lengths).argmax(dim=-1)
+    finally:
+        set_active_adapter(model, before)
+    return predictions
+
+
+def wrong_exercise_8_4(model, x, lengths) -> dict:
+    """Leaves the last adapter it asked active, instead of the one that was active before."""
+    from classify.model import class_logits
+    from lora import set_active_adapter
+
+    predictions = {}
+    with torch.no_grad():
+        for name in adapter_configs(model):
+            set_active_adapter(model, name)
+            predictions[name] = class_logits(model, x, lengths).argmax(dim=-1)
+    return predictions
+
+
+def typed_in_exercise_8_4(model, x, lengths) -> dict:
+    """Types in the labels section 8.8 prints for its four example texts (spam, ham, spam, ham; positive, negative,
+    positive, negative) whatever batch it is given."""
+    return {"spam": torch.tensor([1, 0, 1, 0]), "sentiment": torch.tensor([1, 0, 0, 1])}
+
+
+def shortcut_exercise_8_4(model, x, lengths) -> dict:
+    """Never switches: files the active adapter's predictions under every adapter's name."""
+    from classify.model import class_logits
+
+    with torch.no_grad():
+        predicted = class_logits(model, x, lengths).argmax(dim=-1)
+    return {name: predicted for name in adapter_configs(model)}
 
 
 def exercise_8_6(model, adapter: str, texts: list[str]) -> dict:
@@ -250,4 +336,18 @@ def wrong_exercise_8_6(model, adapter: str, texts: list[str]) -> dict:
     """Counts the non-zero entries of A, not its rows (r per moved token)."""
     out = exercise_8_6(model, adapter, texts)
     out["rows_nonzero"] = int((model.tok_emb.lora[adapter].lora_A != 0).sum())
+    return out
+
+
+def typed_in_exercise_8_6(model, adapter: str, texts: list[str]) -> dict:
+    """Types in the statement's 50,257 rows (every token id) for the rows that moved."""
+    out = exercise_8_6(model, adapter, texts)
+    out["rows_nonzero"] = 50_257
+    return out
+
+
+def shortcut_exercise_8_6(model, adapter: str, texts: list[str]) -> dict:
+    """Counts the texts' distinct tokens for both numbers instead of reading the adapter's A."""
+    out = exercise_8_6(model, adapter, texts)
+    out["rows_nonzero"] = out["token_ids_in_texts"]
     return out

@@ -1,30 +1,64 @@
-"""Exercise 8.3: the tensor bytes of an adapter file, predicted from the shapes, against lora's own count."""
+"""Exercise 8.3: what an adapter file holds, read from files the check saves itself (other ranks, targets and
+heads than the chapter's), against what safetensors and lora.read_adapter find in them."""
 
+import tempfile
+from pathlib import Path
+
+import torch
 from otter.test_files import test_case
+from safetensors import safe_open
 
 from checks._guard import answer, keys, require
-from gpt import GPTConfig
-from lora import LoraConfig, lora_trainable_count
+from classify.model import add_classification_head
+from gpt import GPTConfig, GPTModel
+from lora import LoraConfig, apply_lora, read_adapter, save_adapter
 
 OK_FORMAT = False
 name = "ex8_3"
 points = 1
+KEYS = {"tensors", "tensor_bytes", "header_bytes", "fingerprinted_base_tensors"}
+
+
+def saved_adapter(folder: Path, rank: int, targets, head: bool, dtype) -> Path:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        model = GPTModel(GPTConfig.from_preset("gpt-tiny", drop_rate=0.0, n_layers=3 if head else 1)).eval()
+        if head:
+            add_classification_head(model, num_classes=3)
+        apply_lora(model, LoraConfig(rank=rank, alpha=8, targets=targets,
+                                     modules_to_save=("out_head",) if head else ()), adapter_name="task")
+    model.to(dtype)
+    return save_adapter(model, folder / f"task-r{rank}.safetensors", name="task")
 
 
 @test_case(points=1)
 def ex8_3(env):
-    for preset, ranks in (("gpt-mini", (1, 2, 4, 8, 16)), ("gpt-tiny", (1, 3))):
-        result = answer(env, "exercise_8_3", preset, ranks, returns=dict, expects="a dict {rank: int bytes}")
-        call = f"exercise_8_3({preset!r}, {ranks})"
-        keys(result, set(ranks), call, " (one entry per rank)")
-        cfg = GPTConfig.from_preset(preset)
-        for r in ranks:
-            lcfg = LoraConfig(rank=r, alpha=16, targets="all-linear", modules_to_save=("out_head",))
-            expected = 4 * lora_trainable_count(cfg, lcfg, head_out_features=2, head_bias=True)  # float32
-            got = result[r]
-            require(isinstance(got, int) and not isinstance(got, bool),
-                    f"{call}[{r}] should be an int (bytes), not {type(got).__name__}.")
-            require(got == expected,
-                    f"{call}[{r}] = {got:,} bytes is not right; hint: r (d_in + d_out) float32 numbers per wrapped "
-                    f"layer (q, k, v, out_proj: d -> d; feed-forward: d -> 4d and 4d -> d), 4 bytes each, and the "
-                    f"adapter also saves its copy of the 2-class head (weight and bias).")
+    with tempfile.TemporaryDirectory() as tmp:
+        for rank, targets, head, dtype in ((3, ("query", "value"), True, torch.float32),
+                                           (5, ("all-linear", "tok_emb"), False, torch.bfloat16)):
+            path = saved_adapter(Path(tmp), rank, targets, head, dtype)
+            result = answer(env, "exercise_8_3", path, returns=dict, timeout=30,
+                            expects="a dict of four ints {'tensors', 'tensor_bytes', 'header_bytes', "
+                                    "'fingerprinted_base_tensors'}")
+            call = f"exercise_8_3(path) (a file of the check's own: rank {rank}, targets {targets}, {dtype})"
+            keys(result, KEYS, call)
+            for key, got in result.items():
+                require(isinstance(got, int) and not isinstance(got, bool),
+                        f"{call}['{key}'] should be an int, not {type(got).__name__}.")
+            with safe_open(str(path), framework="pt") as f:
+                names = list(f.keys())
+                tensor_bytes = sum(f.get_tensor(n).numel() * f.get_tensor(n).element_size() for n in names)
+            config, _ = read_adapter(path)
+            require(result["tensors"] == len(names),
+                    f"{call}['tensors'] = {result['tensors']} is not the number of tensors stored in the file; "
+                    f"hint: read the file (section 8.6), do not count the layers you expect.")
+            require(result["tensor_bytes"] == tensor_bytes,
+                    f"{call}['tensor_bytes'] = {result['tensor_bytes']:,} is not the bytes of the tensors the file "
+                    f"holds; hint: add up each stored tensor's size in bytes (its dtype need not be float32).")
+            require(result["header_bytes"] == path.stat().st_size - tensor_bytes,
+                    f"{call}['header_bytes'] = {result['header_bytes']:,}: everything in the file that is not "
+                    f"tensor data, in bytes; hint: compare the file's size on disk with the tensors' bytes.")
+            require(result["fingerprinted_base_tensors"] == len(config["base_model"]["fingerprint"]["tensors"]),
+                    f"{call}['fingerprinted_base_tensors'] = {result['fingerprinted_base_tensors']}: the number of "
+                    f"base tensors the saved fingerprint names; hint: it is in the configuration stored in the file "
+                    f"(section 8.9 says what it is for).")
