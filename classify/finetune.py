@@ -43,6 +43,7 @@ from gpt.device import peak_memory_mib, pick_device, reset_peak_memory
 from gpt.distributed import cleanup, get_world_size, init_distributed, is_main_process, shard_loader, unwrap, wrap_model
 from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
 from gpt.train import learning_rate
+from lora.config import SCALINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("lora", *TRAINABLE_CHOICES)  # lora, full, last-block, head
@@ -75,6 +76,8 @@ class FinetuneConfig:
     alpha: float = 16.0  # LoRA alpha
     scaling: str = "alpha/r"  # alpha/r | alpha/sqrt(r) | alpha
     targets: tuple[str, ...] = ("all-linear",)
+    train_head: bool = True  # LoRA: train the new head too (modules_to_save); False leaves it frozen at its random
+    # init, chapter 9's mistake "the new head left frozen" (only the LoRA matrices train)
     lora_dropout: float = 0.0
     drop_rate: float = 0.0  # the base's dropout while fine-tuning
     lr: float = 8e-4
@@ -128,6 +131,13 @@ class FinetuneConfig:
             bad("attention", "separate or fused")
         if self.schedule not in ("constant", "cosine"):
             bad("schedule", "constant or cosine")
+        if self.scaling not in SCALINGS:
+            bad("scaling", f"one of {SCALINGS}")
+        if not isinstance(self.train_head, bool):
+            raise ValueError(f"train_head must be True or False, got {self.train_head!r}")
+        if not self.train_head and self.method != "lora":
+            raise ValueError(f"--frozen-head is for --method lora (its head is in modules_to_save); --method "
+                             f"{self.method} trains the head itself, and a frozen one would leave it nothing new")
         for name in ("rank", "epochs", "batch_size", "grad_accum"):
             positive_int(name)
         positive_int("max_steps", allow_none=True)
@@ -138,6 +148,9 @@ class FinetuneConfig:
             bad("seed", "an integer >= 0")
         number("lr", 0, low_open=True)
         number("alpha", 0)
+        if self.alpha == 0:  # the update scale * B A is then zero: the run would train matrices that change nothing
+            raise ValueError("--alpha 0 makes the LoRA update (alpha/r) B A zero, so the run would train nothing; "
+                             "give a positive --alpha (the recipe: 16)")
         number("weight_decay", 0)
         number("prefix_weight", 0)
         number("lora_dropout", 0, 1)
@@ -164,7 +177,8 @@ class FinetuneConfig:
         if self.method != "lora":
             return self.method
         scale = f", scale {lora_scale:g}" if lora_scale is not None else ""
-        return f"LoRA r={self.rank} alpha={self.alpha:g} ({self.scaling}{scale}) on {','.join(self.targets)}"
+        frozen = "" if self.train_head else ", head frozen"
+        return f"LoRA r={self.rank} alpha={self.alpha:g} ({self.scaling}{scale}) on {','.join(self.targets)}{frozen}"
 
 
 # ----------------------------------------------------------------------------- the command line's flags
@@ -174,7 +188,6 @@ def finetune_parser(description: str | None = None) -> argparse.ArgumentParser:
     --result-json and --quick. compare_finetuning.py parses the flags it passes on with the same parser."""
     from common.cli import ArgumentParser
     from gpt.device import add_device_argument
-    from lora.config import SCALINGS
 
     d = FinetuneConfig()
     p = ArgumentParser(description=description)
@@ -192,6 +205,9 @@ def finetune_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="update scale: alpha/r (LoRA paper, PEFT), alpha/sqrt(r) (rsLoRA), alpha (book's 1st printing)")
     p.add_argument("--targets", nargs="+", default=list(d.targets),
                    help="LoRA target modules: aliases (query key value out_proj ff_in ff_out ff all-linear) or name suffixes")
+    p.add_argument("--frozen-head", action="store_true",
+                   help="LoRA: leave the new 2-class head frozen at its random init (modules_to_save empty): "
+                        "chapter 9's mistake, to see what it costs; only the LoRA matrices train")
     p.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help="dropout on the LoRA branch input")
     p.add_argument("--drop-rate", type=float, default=d.drop_rate, help="the base model's dropout while fine-tuning")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
@@ -239,6 +255,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     """The FinetuneConfig a parsed command line (finetune_parser) describes."""
     values = vars(args)
     renamed = {"trim": not values.get("no_trim", False), "progress": not values.get("no_progress", False),
+               "train_head": not values.get("frozen_head", False),
                "probes": tuple(values.get("probe") or ())}
     return FinetuneConfig(**{f.name: renamed[f.name] if f.name in renamed else values[f.name]
                              for f in fields(FinetuneConfig) if f.name in values or f.name in renamed})
@@ -268,7 +285,7 @@ def build_classifier(cfg: FinetuneConfig, device="cpu"):
     lora_cfg = None
     if cfg.method == "lora":
         lora_cfg = LoraConfig(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout, targets=cfg.targets,
-                              scaling=cfg.scaling, modules_to_save=("out_head",))
+                              scaling=cfg.scaling, modules_to_save=("out_head",) if cfg.train_head else ())
         apply_lora(model, lora_cfg)  # freezes the base; LoRA weights + the head's copy are trainable
     else:
         set_trainable(model, cfg.method)
@@ -385,7 +402,7 @@ def _train_and_save(cfg: FinetuneConfig, device, splits, tmp: Path | None, log, 
     plot_history(history, tmp / "curves.png", title=f"spam classifier: {what} on {cfg.model}")
     result = {
         "method": cfg.method, "base": cfg.model, "attention": cfg.attention,
-        "lora": lora_cfg.to_dict() if lora_cfg else None,
+        "lora": lora_cfg.to_dict() if lora_cfg else None, "train_head": cfg.train_head,
         "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
         "prefix_weight": cfg.prefix_weight, "seed": cfg.seed, "schedule": cfg.schedule,
         "warmup_steps": cfg.warmup_steps, "drop_rate": cfg.drop_rate, "quick": cfg.quick,

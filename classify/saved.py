@@ -258,6 +258,14 @@ def classify_texts(model, info: dict, texts: list[str]) -> list[dict]:
     return results
 
 
+def format_result(r: dict, text: str) -> str:
+    """One line for one classify_texts result: the label, its probability, a note when the text was cut, the
+    text (at most 80 characters shown), e.g. `spam (p=1.00)\tYou won a free cruise, call now`."""
+    cut = f"  [truncated to its first {r['tokens']} tokens]" if r["truncated"] else ""
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    return f"{r['label']} (p={r['p']:.2f}){cut}\t{shown}"
+
+
 __all__ = ["CLASSIFIER_FILE", "FORMAT", "WEIGHTS_FILE", "check_fingerprint", "check_out_folder", "classifier_info",
-           "classify_texts", "is_quick_run", "load_classifier", "read_classifier_info", "run_folder",
+           "classify_texts", "format_result", "is_quick_run", "load_classifier", "read_classifier_info", "run_folder",
            "save_classifier", "write_classifier"]

@@ -20,8 +20,9 @@ the loss at every prefix), with the targets, rank and seed of the LoRA paper's s
   full_s123 full fine-tuning (lr 1e-4, no weight decay: with decay AdamW would add a full-rank multiple of W to
             Delta W), whose Delta W is kept as its truncated SVD (top 64 directions per matrix).
   fail_*    two failures of chapter 9.8: a learning rate 10x too high (8e-3), and the new head left frozen
-            (modules_to_save forgotten; `train-frozen-head` below).
+            (modules_to_save forgotten: finetune_spam.py --frozen-head).
 
+The runs, the record and the analyses are classify/adapter_study.py; this script parses, calls and prints.
 `collect` writes results/ch09 in this chapter's own format, independent of the run folders': runs.json
 (each run's command, accuracies, losses, history, trainable parameters), adapters/<run>.safetensors
 (the LoRA A and B matrices of every adapted layer, float16, read by lora.analysis.load_factors) for the runs
@@ -30,118 +31,27 @@ the analyses open, and full_ft_delta_svd_{attention,ff}.safetensors. Every file 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from gpt.device import add_device_argument, pick_device
+from classify.adapter_study import (RESULTS, Run, amplification_table, base_weights, budget_table, collect,
+                                    load_adapter, load_full_svd, load_runs, lora_vs_full, plan, shown_command,
+                                    similarity_grids, sweep_table)
 from common.cli import ArgumentParser, UserError, run_main
-from common.files import atomic_write_text
-from lora.analysis import (AdapterFactors, amplification, check_comparable, check_fits_base, load_factors,
-                           principal_angles, save_factors, similarity_grid, top_directions, total_update_norm,
-                           update_norms)
+from gpt.device import add_device_argument, pick_device
+from lora.analysis import total_update_norm, update_norms
 
 ROOT = Path(__file__).resolve().parent.parent
 
-RESULTS = ROOT / "results" / "ch09"
-BASE = ROOT / "data" / "gpt-mini"
-FULL_SVD_TOP = 64  # directions kept per matrix of full fine-tuning's Delta W
-MAX_FILE_BYTES = 3 * 2**20
-KINDS = ("att.W_query", "att.W_key", "att.W_value", "att.out_proj", "ff.layers.0", "ff.layers.2")
-SHORT = {"att.W_query": "query", "att.W_key": "key", "att.W_value": "value", "att.out_proj": "out_proj",
-         "ff.layers.0": "ff_in", "ff.layers.2": "ff_out"}
-BUDGET_PER_BLOCK = 18_432
-BUDGET = {"query": (["query"], 36), "value": (["value"], 36), "query+value": (["query", "value"], 18),
-          "attention (q, k, v, out)": (["query", "key", "value", "out_proj"], 9), "all linear": (["all-linear"], 4)}
-SEEDS = (123, 124, 125)
-SWEEP_RANKS = (1, 2, 4, 8, 16, 64)
-
-
-@dataclass
-class Run:
-    name: str
-    flags: list[str]
-    keep: str = "none"  # what collect keeps of the adapter: "all" (A, B and head), "qv" (query and value only), "none"
-    frozen_head: bool = False
-
-
-def lora_flags(targets: list[str], rank: int, seed: int, *extra: str) -> list[str]:
-    return ["--targets", *targets, "--rank", str(rank), "--alpha", str(rank), "--seed", str(seed), *extra]
-
-
-def plan() -> list[Run]:
-    """Every run of the chapter, in the order they were trained (the most needed first)."""
-    short = {"query": "q", "value": "v", "query+value": "qv", "attention (q, k, v, out)": "attn",
-             "all linear": "all-linear"}
-
-    def budget(seed: int) -> list[Run]:
-        return [Run(f"budget_{short[k]}_r{r}_s{seed}", lora_flags(t, r, seed), "all" if seed == 123 else "none")
-                for k, (t, r) in BUDGET.items()]
-
-    def sweep(targets: str, r: int, keep: str = "all") -> Run:
-        return Run(f"sweep_{targets}_r{r}_s123", lora_flags(["query", "value"] if targets == "qv" else ["all-linear"],
-                                                               r, 123), keep)
-
-    return [Run("main_all-linear_r16_s123", lora_flags(["all-linear"], 16, 123), "all"),
-            Run("qv_r8_s123", lora_flags(["query", "value"], 8, 123), "all"),
-            Run("qv_r64_s123", lora_flags(["query", "value"], 64, 123), "all"),
-            Run("qv_r8_s124", lora_flags(["query", "value"], 8, 124), "all"),
-            Run("full_s123", ["--method", "full", "--lr", "1e-4", "--weight-decay", "0", "--seed", "123"]),
-            *budget(123),
-            Run("fail_lr10x_s123", lora_flags(["all-linear"], 16, 123, "--lr", "8e-3")),
-            Run("fail_frozen-head_s123", lora_flags(["all-linear"], 16, 123), "all", frozen_head=True),
-            sweep("qv", 1), sweep("all-linear", 1), sweep("qv", 4),
-            *budget(124),
-            sweep("qv", 16), sweep("qv", 2), sweep("all-linear", 8), sweep("all-linear", 2),
-            *budget(125),
-            sweep("all-linear", 64, keep="qv")]  # 7 MB as float16: only its query and value matrices are kept
-
-
-def sweep_run(targets: str, r: int) -> str:
-    """The run name that holds (targets "qv" or "all-linear", rank r, seed 123)."""
-    for name in (f"sweep_{targets}_r{r}_s123", f"qv_r{r}_s123", f"budget_{targets}_r{r}_s123", f"main_{targets}_r{r}_s123"):
-        if name in {x.name for x in plan()}:
-            return name
-    raise KeyError(f"no run of {targets} at r = {r}")
-
 
 def command(run: Run, runs_dir: Path, device: str = "auto") -> list[str]:
-    script = [str(ROOT / "scripts" / "ch09_inside_adapter.py"), "train-frozen-head"] if run.frozen_head else \
-        [str(ROOT / "scripts" / "finetune_spam.py")]
-    return [sys.executable, *script, *run.flags, "--out", str(runs_dir / run.name),
+    """The run as its own process (its peak memory its own): scripts/finetune_spam.py with the run's flags."""
+    return [sys.executable, str(ROOT / "scripts" / "finetune_spam.py"), *run.flags, "--out", str(runs_dir / run.name),
             "--result-json", str(runs_dir / f"{run.name}.json"), "--no-progress", "--threads", "1",
             "--device", device]
-
-
-def shown_command(run: Run) -> str:
-    """The command as a reader types it (recorded in runs.json)."""
-    script = "scripts/ch09_inside_adapter.py train-frozen-head" if run.frozen_head else "scripts/finetune_spam.py"
-    return f"python {script} {' '.join(run.flags)} --no-progress --threads 1"
-
-
-# ------------------------------------------------------------------------------------------- base weights
-def base_identity(base: Path = BASE) -> dict:
-    """What identifies the base: its folder and the sha256 of its weights file."""
-    digest = hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()
-    return {"name": str(base.relative_to(ROOT)) if base.is_relative_to(ROOT) else str(base), "sha256": digest}
-
-
-def base_weights(base: Path = BASE) -> dict[str, torch.Tensor]:
-    """The block matrices of a gpt.checkpoint base (e.g. data/gpt-mini), name -> weight (d_out, d_in) float32,
-    read with safetensors directly (shipped as float16, upcast as the model loader does)."""
-    from safetensors import safe_open
-
-    path = base / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the base model ships in data/gpt-mini (see data/README.md)")
-    with safe_open(str(path), "pt") as f:
-        return {k[: -len(".weight")]: f.get_tensor(k).float() for k in f.keys()
-                if k.startswith("trf_blocks.") and k.endswith(".weight") and k.count(".") >= 4 and "norm" not in k}
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -154,212 +64,6 @@ def train(runs_dir: Path, only: list[str] | None = None, results: Path = RESULTS
         print(f"== {run.name}: {shown_command(run)}", flush=True)
         subprocess.run(command(run, runs_dir, device), check=True)
     collect(runs_dir, results)
-
-
-def train_frozen_head(argv: list[str]) -> None:
-    """scripts/finetune_spam.py with the new head left frozen (the mistake of chapter 9.9): every LoraConfig made in
-    this process has an empty modules_to_save. Everything else is the main job's. `collect` checks the result:
-    the run must have trained the LoRA matrices only."""
-    import runpy
-
-    from lora.config import LoraConfig
-
-    original = LoraConfig.__post_init__
-
-    def without_head(self):
-        original(self)
-        object.__setattr__(self, "modules_to_save", ())
-
-    LoraConfig.__post_init__ = without_head
-    script = str(ROOT / "scripts" / "finetune_spam.py")
-    sys.argv = [script, *argv]
-    runpy.run_path(script, run_name="__main__")
-
-
-# ------------------------------------------------------------------------------------------- collect
-def _summary(result: dict, run: Run) -> dict:
-    keys = ("method", "lora", "lr", "epochs", "seed", "steps", "trainable_params", "train_accuracy", "val_accuracy",
-            "test_accuracy", "train_loss", "val_loss", "test_loss", "probes_p_spam", "train_seconds", "threads",
-            "load_average_1min", "history")
-    out = {k: result.get(k) for k in keys}
-    out["command"] = shown_command(run)
-    out["frozen_head"] = run.frozen_head
-    return out
-
-
-def factors_from_run(folder: Path, result: dict, base: dict, keep: str) -> AdapterFactors:
-    """The LoRA matrices (and the head) of a finished run's adapter.safetensors."""
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "adapter.safetensors"), "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    lora_A = {k[: -len(".lora_A")]: v for k, v in tensors.items() if k.endswith(".lora_A")}
-    lora_B = {k[: -len(".lora_B")]: v for k, v in tensors.items() if k.endswith(".lora_B")}
-    if keep == "qv":
-        lora_A = {k: v for k, v in lora_A.items() if k.endswith(("W_query", "W_value"))}
-        lora_B = {k: v for k, v in lora_B.items() if k in lora_A}
-    head = {k: v for k, v in tensors.items() if k.startswith("out_head.")} if keep == "all" else {}
-    cfg = result["lora"]
-    scale = cfg["alpha"] / cfg["rank"] if cfg["scaling"] == "alpha/r" else None
-    if scale is None:
-        raise UserError(f"{folder}: scaling {cfg['scaling']!r}; the chapter's runs all use alpha/r")
-    meta = {"rank": cfg["rank"], "alpha": cfg["alpha"], "targets": cfg["targets"], "seed": result["seed"],
-            "kept": keep, "test_accuracy": result["test_accuracy"], "val_accuracy": result["val_accuracy"]}
-    return AdapterFactors(lora_A, lora_B, scale, base, meta, head)
-
-
-def full_ft_svd(folder: Path, weights: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Delta W = W_fine-tuned - W_pre-trained of every block matrix of a full fine-tune, as its truncated SVD:
-    {kind: {"<name>.U": (d_out, 64), "<name>.S": (all singular values), "<name>.Vh": (64, d_in)}}."""
-    from safetensors import safe_open
-
-    out: dict[str, dict[str, torch.Tensor]] = {"attention": {}, "ff": {}}
-    with safe_open(str(folder / "classifier.safetensors"), "pt") as f:
-        for name, W in weights.items():
-            delta = f.get_tensor(f"{name}.weight").double() - W.double()
-            U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
-            part = out["ff" if ".ff." in name else "attention"]
-            part[f"{name}.U"] = U[:, :FULL_SVD_TOP].to(torch.float16).contiguous()
-            part[f"{name}.S"] = S.float().contiguous()
-            part[f"{name}.Vh"] = Vh[:FULL_SVD_TOP].to(torch.float16).contiguous()
-    return out
-
-
-def collect(runs_dir: Path, out: Path = RESULTS) -> None:
-    """Copy what the chapter needs from finished runs in runs_dir into results/ch09 (see the module docstring)."""
-    from safetensors.torch import save_file
-
-    base = base_identity()
-    weights = base_weights()
-    (out / "adapters").mkdir(parents=True, exist_ok=True)
-    runs_file = out / "runs.json"
-    runs = json.loads(runs_file.read_text())["runs"] if runs_file.is_file() else {}
-    for run in plan():
-        result_file = runs_dir / f"{run.name}.json"
-        if not result_file.is_file():
-            continue
-        result = json.loads(result_file.read_text())
-        runs[run.name] = _summary(result, run)
-        if result["method"] == "lora":
-            factors = factors_from_run(runs_dir / run.name, result, base, "all" if run.keep == "none" else run.keep)
-            if run.frozen_head and result["trainable_params"] != factors.num_parameters():
-                raise UserError(f"{run.name}: {result['trainable_params']:,} trainable parameters, but the LoRA "
-                                f"matrices alone are {factors.num_parameters():,}: the head was trained after all")
-            check_fits_base(factors, weights)
-            norms = update_norms(factors)
-            runs[run.name]["update_norm"] = total_update_norm(factors)
-            runs[run.name]["update_norms"] = norms
-            if run.keep != "none":
-                path = out / "adapters" / f"{run.name}.safetensors"
-                half = {n: factors.lora_A[n].half() for n in factors.modules}
-                if not (path.is_file() and all(torch.equal(load_factors(path).lora_A[n].half(), half[n]) for n in half)):
-                    save_factors(factors, path, dtype=torch.float16)  # only when new: the file's header order varies
-                back = load_factors(path)  # float16 storage: check what the analyses will read
-                err = max(float(torch.linalg.norm(back.delta_weight(n) - factors.delta_weight(n))
-                                / torch.linalg.norm(factors.delta_weight(n))) for n in factors.modules)
-                runs[run.name]["stored_relative_error"] = err
-                print(f"{run.name}: {path.stat().st_size / 2**20:.2f} MiB, Delta W within {err:.1e} of float32")
-        elif run.name == "full_s123" and not (out / "full_ft_delta_svd_ff.safetensors").is_file():
-            for kind, tensors in full_ft_svd(runs_dir / run.name, weights).items():
-                path = out / f"full_ft_delta_svd_{kind}.safetensors"
-                save_file(tensors, str(path), metadata={"top": str(FULL_SVD_TOP), "base": json.dumps(base)})
-                print(f"{path.name}: {path.stat().st_size / 2**20:.2f} MiB")
-    doc = {"about": "Chapter 9's runs (scripts/ch09_inside_adapter.py): accuracies, commands, histories, and the "
-                    "Frobenius norm of each adapter's update per module (scale * B A).",
-           "base": base, "budget_per_block": BUDGET_PER_BLOCK, "runs": runs}
-    atomic_write_text(runs_file, json.dumps(doc, indent=1) + "\n")
-    too_big = [p for p in out.rglob("*") if p.is_file() and p.stat().st_size >= MAX_FILE_BYTES]
-    if too_big:
-        raise UserError(f"results files over 3 MiB: {too_big}")
-    print(f"{len(runs)} runs in {runs_file}")
-
-
-# ------------------------------------------------------------------------------------------- reading results
-def load_runs(results: Path = RESULTS) -> dict:
-    path = results / "runs.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: make it with `python scripts/ch09_inside_adapter.py train`")
-    return json.loads(path.read_text())
-
-
-def load_adapter(name: str, results: Path = RESULTS) -> AdapterFactors:
-    return load_factors(results / "adapters" / f"{name}.safetensors")
-
-
-def load_full_svd(results: Path = RESULTS) -> dict[str, dict[str, torch.Tensor]]:
-    """name -> {"U": (d_out, 64), "S": all singular values, "Vh": (64, d_in)} of full fine-tuning's Delta W."""
-    from safetensors.torch import load_file
-
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for kind in ("attention", "ff"):
-        for key, t in load_file(str(results / f"full_ft_delta_svd_{kind}.safetensors")).items():
-            name, part = key.rsplit(".", 1)
-            out.setdefault(name, {})[part] = t.double()
-    return out
-
-
-def module(layer: int, kind: str) -> str:
-    return f"trf_blocks.{layer}.{kind}"
-
-
-# ------------------------------------------------------------------------------------------- analyses
-def budget_table(runs: dict) -> list[dict]:
-    """Table 5: test / validation accuracy of each target set at 18,432 LoRA parameters per block, per seed."""
-    rows = []
-    names = {"query": "q", "value": "v", "query+value": "qv", "attention (q, k, v, out)": "attn", "all linear": "all-linear"}
-    for label, (targets, r) in BUDGET.items():
-        found = [runs[f"budget_{names[label]}_r{r}_s{s}"] for s in SEEDS if f"budget_{names[label]}_r{r}_s{s}" in runs]
-        test = torch.tensor([x["test_accuracy"] for x in found], dtype=torch.float64) * 100
-        val = torch.tensor([x["val_accuracy"] for x in found], dtype=torch.float64) * 100
-        rows.append({"targets": label, "r": r, "seeds": len(found),
-                     "lora_params": found[0]["trainable_params"] - 514 if found else None,
-                     "test": test.tolist(), "test_mean": float(test.mean()) if found else None,
-                     "test_std": float(test.std()) if len(found) > 1 else 0.0,
-                     "val_mean": float(val.mean()) if found else None})
-    return rows
-
-
-def sweep_table(runs: dict) -> list[dict]:
-    """Table 6: accuracy against r on query + value and on all linear layers (seed 123)."""
-    rows = []
-    for targets in ("qv", "all-linear"):
-        for r in SWEEP_RANKS:
-            name = sweep_run(targets, r)
-            if name in runs:
-                x = runs[name]
-                rows.append({"targets": targets, "r": r, "run": name, "trainable_params": x["trainable_params"],
-                             "test": 100 * x["test_accuracy"], "val": 100 * x["val_accuracy"]})
-    return rows
-
-
-def similarity_grids(first: str, second: str, kinds=("att.W_query", "att.W_value"), n_layers: int = 6) -> dict:
-    """phi(i, j) between the A matrices of two adapters, per (layer, kind) -> (r1, r2) tensor."""
-    a, b = load_adapter(first), load_adapter(second)
-    mods = [module(layer, k) for layer in range(n_layers) for k in kinds]
-    check_comparable(a, b, mods)
-    return {m: similarity_grid(a.lora_A[m], b.lora_A[m]) for m in mods}
-
-
-def amplification_table(adapter: AdapterFactors, weights: dict[str, torch.Tensor], r: int | None = None) -> dict:
-    """Table 7 per module of `adapter`, at its rank (or r)."""
-    check_fits_base(adapter, weights)
-    return {m: amplification(adapter.delta_weight(m), weights[m], r or adapter.rank) for m in adapter.modules}
-
-
-def lora_vs_full(adapter: AdapterFactors, full: dict, r: int | None = None) -> dict:
-    """Principal angles (degrees) between LoRA's Delta W and full fine-tuning's top-r subspaces, output side (left)
-    and input side (right), per module; plus what two random r-dimensional subspaces would give (mean cos^2 = r/d)."""
-    r = r or adapter.rank
-    out = {}
-    for m in adapter.modules:
-        d = adapter.delta_weight(m).double()
-        left = principal_angles(top_directions(d, r, "left"), full[m]["U"][:, :r])
-        right = principal_angles(top_directions(d, r, "right"), full[m]["Vh"][:r].T)
-        out[m] = {"left": left, "right": right,
-                  "mean_cos2_left": float(torch.cos(torch.deg2rad(left)).square().mean()),
-                  "mean_cos2_right": float(torch.cos(torch.deg2rad(right)).square().mean()),
-                  "random_cos2_left": r / d.shape[0], "random_cos2_right": r / d.shape[1]}
-    return out
 
 
 def analyse() -> dict:
@@ -410,8 +114,6 @@ def analyse() -> dict:
 # ------------------------------------------------------------------------------------------- command line
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train-frozen-head"]:
-        return train_frozen_head(argv[1:])
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("action", nargs="?", default="analyse", choices=["analyse", "train", "collect", "plan"],
                    help="analyse: the chapter's numbers from results/ch09; plan: the runs; train: run them; "

@@ -21,17 +21,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from classify.saved import classify_texts, load_classifier
+from classify.saved import classify_texts, format_result, load_classifier
 from common.cli import ArgumentParser, run_main
 from gpt.device import add_device_argument, pick_device
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def format_result(r: dict, text: str) -> str:
-    cut = f"  [truncated to its first {r['tokens']} tokens]" if r["truncated"] else ""
-    shown = text if len(text) <= 80 else text[:77] + "..."
-    return f"{r['label']} (p={r['p']:.2f}){cut}\t{shown}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from common.cli import ArgumentParser, UserError, parse_with_quick, run_main
 from common.files import atomic_write
 from gpt.checkpoint import load_model, save_model
 from gpt.config import GPTConfig
+from gpt.corpus import CORPORA, build_corpus
 from gpt.data import TokenWindows, tokenize_documents
 from gpt.device import add_device_argument, pick_device
 from gpt.distributed import cleanup, get_world_size, init_distributed, is_main_process
@@ -46,35 +46,9 @@ from plots.figures import plot_losses
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PRETRAIN_DIR = ROOT / "data" / "pretrain"
 PROMPTS = ["Every effort moves you", "Congratulations! You have been selected to"]
 # --quick: a tiny model on The Verdict for a few steps. Flags given explicitly still win.
 QUICK = dict(preset="gpt-tiny", corpus="verdict", max_steps=20, eval_every=10, warmup_steps=5)
-
-
-def build_corpus(corpus: str, sms_repeat: int, seed: int):
-    """Return (train_texts, val_texts, description)."""
-    novels = sorted(PRETRAIN_DIR.glob("pg*.txt")) + [PRETRAIN_DIR / "the-verdict.txt"]
-    if corpus == "verdict":
-        novels = [PRETRAIN_DIR / "the-verdict.txt"]
-    if corpus == "sms":
-        novels = []
-    train, val = [], []
-    for path in novels:
-        text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
-        cut = int(0.9 * len(text))
-        train.append(text[:cut])
-        val.append(text[cut:])
-    described = [p.name for p in novels]
-    if corpus in ("novels+sms", "sms"):
-        sms = unlabelled_sms_for_pretraining()
-        random.Random(seed).shuffle(sms)
-        cut = int(0.9 * len(sms))
-        train += sms[:cut] * sms_repeat
-        val += sms[cut:]
-        described.append(f"{len(sms)} SMS messages not in the spam val/test split ({cut} train x{sms_repeat}, "
-                          f"{len(sms) - cut} val)")
-    return train, val, described
 
 
 def _init_checkpoint(spec: str) -> dict:
@@ -103,7 +77,7 @@ def main(argv=None):
     p.add_argument("--init", default=None,
                    help="continue pre-training from this checkpoint (a folder such as data/gpt-mini, or a .safetensors "
                         "file written by gpt.checkpoint.save_model) instead of random weights; --preset is then ignored")
-    p.add_argument("--corpus", default="novels+sms", choices=["novels+sms", "novels", "sms", "verdict"],
+    p.add_argument("--corpus", default="novels+sms", choices=CORPORA,
                    help="training text: novels+sms (gpt-mini's stage 1), sms (its stage 2, with --init), novels, "
                         "or The Verdict alone (--quick)")
     p.add_argument("--sms-repeat", type=int, default=4, help="how often the SMS training messages are repeated")
@@ -178,7 +152,8 @@ def _run(args, argv, device, init):
     else:
         cfg, name = GPTConfig.from_preset(args.preset, **overrides), args.preset
         model = GPTModel(cfg)
-    train_texts, val_texts, described = build_corpus(args.corpus, args.sms_repeat, args.seed)
+    sms = unlabelled_sms_for_pretraining() if "sms" in args.corpus else None  # never the classifier's val/test
+    train_texts, val_texts, described = build_corpus(args.corpus, args.sms_repeat, args.seed, sms=sms)
     window = cfg.context_length
     train_data = TokenWindows(tokenize_documents(train_texts), window)
     val_data = TokenWindows(tokenize_documents(val_texts), window)

@@ -210,15 +210,16 @@ def test_pretrain_sms_corpus_is_the_unlabelled_messages_outside_the_evaluation_s
     90 % for training (repeated), 10 % held out; no novel, and no validation or test message anywhere."""
     from classify.data import spam_splits, unlabelled_sms_for_pretraining
 
-    pretrain = load_script("pretrain")
-    train, val, described = pretrain.build_corpus("sms", sms_repeat=6, seed=123)
+    from gpt.corpus import build_corpus
+
     sms = unlabelled_sms_for_pretraining()
+    train, val, described = build_corpus("sms", sms_repeat=6, seed=123, sms=sms)
     assert len(sms) == 5024 and len(val) == 503 and len(train) == 6 * 4521
     assert sorted(set(train) | set(val)) == sorted(set(sms))
     evaluation = {ex.text for ex in spam_splits()["val"] + spam_splits()["test"]}
     assert not evaluation & (set(train) | set(val))
     assert described == ["5024 SMS messages not in the spam val/test split (4521 train x6, 503 val)"]
-    novels_train, _, novels_described = pretrain.build_corpus("novels+sms", sms_repeat=4, seed=123)
+    novels_train, _, novels_described = build_corpus("novels+sms", sms_repeat=4, seed=123, sms=sms)
     assert len(novels_described) == 11 and len(novels_train) == 10 + 4 * 4521
 
 

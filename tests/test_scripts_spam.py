@@ -11,7 +11,6 @@ import sys
 
 import pytest
 import torch
-from _scripts import load_script
 
 from classify.data import spam_splits
 from classify.saved import classify_texts, load_classifier
@@ -19,9 +18,10 @@ from gpt import GPTConfig, GPTModel
 from gpt.checkpoint import save_model
 from gpt.pretrained import describe_base
 
-finetune_spam = load_script("finetune_spam")
-predict = load_script("predict")
-compare = load_script("compare_finetuning")
+import scripts.compare_finetuning as compare
+import scripts.finetune_spam as finetune_spam
+import scripts.predict as predict
+from classify.comparison import PROBE, ROWS
 
 # gpt-tiny + LoRA r=16 on all linear layers: per block 4 x 16 x (32 + 32) for W_query, W_key, W_value,
 # out_proj and 2 x 16 x (32 + 128) for the feed-forward pair = 9,216; two blocks; plus the 2-class head 66.
@@ -57,6 +57,23 @@ def test_quick_lora_run_writes_everything(lora_run):
     info = json.loads((out / "classifier.json").read_text())
     assert info["base"] == "random:gpt-tiny" and info["method"] == "lora" and info["labels"] == ["ham", "spam"]
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_frozen_head_trains_the_lora_matrices_only(tmp_path):
+    """--frozen-head (chapter 9's mistake, FinetuneConfig.train_head=False): the new head stays out of
+    modules_to_save, so only the LoRA matrices train (66 fewer: the 2 x 32 + 2 head) and the adapter has no head."""
+    from classify.finetune import config_from_args
+
+    result = finetune_spam.main(["--quick", "--frozen-head", "--out", str(tmp_path), "--no-progress"])
+    assert result["trainable_params"] == TINY_LORA_TRAINABLE - 66
+    assert result["train_head"] is False and result["lora"]["modules_to_save"] == []
+    assert not json.loads((tmp_path / "adapter_config.json").read_text())["modules_to_save"]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "adapter.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "out_head" in k]  # the head is not saved: it was never trained
+    with pytest.raises(ValueError, match="--frozen-head is for --method lora"):
+        config_from_args(finetune_spam.parse_args(["--quick", "--frozen-head", "--method", "full"]))
 
 
 def test_quick_run_is_reproducible(lora_run, tmp_path):
@@ -170,7 +187,7 @@ def test_quick_comparison_writes_table_json_curves_and_floor(tmp_path):
     assert sorted(p.name for p in results.iterdir()) == ["spam_comparison.json", "spam_comparison.md",
                                                          "spam_curves.png", "spam_floor.json"]
     rows = report["rows"]
-    assert list(rows) == list(compare.ROWS)
+    assert list(rows) == list(ROWS)
     trainable = {name: row["trainable_params"] for name, row in rows.items()}
     assert trainable == {"lora-separate": TINY_LORA_TRAINABLE, "lora-fused": TINY_LORA_TRAINABLE,
                          "full": TINY_FULL_TRAINABLE, "last-block": 12_608 + 64 + 66, "head": 66,
@@ -188,14 +205,14 @@ def test_quick_comparison_writes_table_json_curves_and_floor(tmp_path):
     # every run classified the probes; the table shows the cruise message's mean p(spam) per row
     for name, row in rows.items():
         assert row["probe_p_spam"] == pytest.approx(
-            sum(r["probes_p_spam"][compare.PROBE] for r in runs[name]) / len(runs[name]))
+            sum(r["probes_p_spam"][PROBE] for r in runs[name]) / len(runs[name]))
     saved = json.loads((results / "spam_comparison.json").read_text())
     assert saved["rows"]["full"]["test_accuracy"] == rows["full"]["test_accuracy"]
-    assert set(saved["curves"]) == set(compare.ROWS) - {"lora-whole"}
+    assert set(saved["curves"]) == set(ROWS) - {"lora-whole"}
     table = (results / "spam_comparison.md").read_text()
-    assert table.count("\n| ") == 1 + len(compare.ROWS)  # header + one line per row
+    assert table.count("\n| ") == 1 + len(ROWS)  # header + one line per row
     assert "| head | head only | 66 |" in table
-    assert f'p(spam) "{compare.PROBE}"' in table.splitlines()[4]  # the header row (after the title and command)
+    assert f'p(spam) "{PROBE}"' in table.splitlines()[4]  # the header row (after the title and command)
     floor = json.loads((results / "spam_floor.json").read_text())
     assert floor["base_sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
     assert floor["lora_test_accuracy_mean"] == rows["lora-separate"]["test_accuracy"]
