@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from classify.data import sha256_of
-from _scripts import load_script
+from importlib import import_module
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "data" / "gpt-mini" / "model.safetensors"
@@ -67,9 +67,10 @@ def test_the_sentiment_adapter_reaches_the_bag_of_words_on_seed_123():
 
 
 def test_compare_sentiment_quick_run_and_refusals(tmp_path):
-    script = load_script("compare_sentiment")
+    script = import_module("scripts.compare_sentiment")
     report = script.main(["--quick", "--results", str(tmp_path), "--threads", "1"], log=lambda s: None)
-    assert list(report["summary"]) == script.ALL_ROWS
+    assert list(report["summary"]) == ["bag-of-words", "linear", "linear+prefix", "embedding", "linear+embedding",
+                                       "linear+embedding+prefix", "full"]
     for name in ("sentiment_comparison.json", "sentiment_comparison.md", "sentiment_comparison.png"):
         assert (tmp_path / name).stat().st_size > 500, name
     # gpt-tiny: LoRA r=8 on the linear layers 9,216 + head 66; the embedding's 8 x (50,257 + 32) = 402,312.
@@ -88,13 +89,14 @@ def test_compare_sentiment_quick_run_and_refusals(tmp_path):
 
 
 def test_readme_quotes_the_comparison_table():
-    """README's sentiment table is results/sentiment_comparison.md's, row for row."""
+    """The sentiment page's table (docs/sentiment.md, linked from README) is results/sentiment_comparison.md's,
+    row for row."""
     rows = [line for line in (ROOT / "results" / "sentiment_comparison.md").read_text().splitlines()
             if line.startswith("|")]
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "sentiment.md").read_text()
     assert len(rows) == 2 + 7  # header, rule, seven rows
     missing = [row for row in rows if row not in readme]
-    assert not missing, f"README.md does not quote these rows of results/sentiment_comparison.md: {missing}"
+    assert not missing, f"docs/sentiment.md does not quote these rows of results/sentiment_comparison.md: {missing}"
     # ... and the gaps its text derives from them.
     s = json.loads(RECORD.read_text())["summary"]
     below = {split: 100 * (s["bag-of-words"][f"{split}_mean"] - s["linear"][f"{split}_mean"]) for split in ("val", "test")}
