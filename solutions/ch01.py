@@ -153,3 +153,67 @@ def wrong_exercise_1_3(vocab_size: int = 50257, emb_dim: int = 16, seed: int = 1
 def wrong_exercise_1_4(min_chars: int = 20) -> dict[str, tuple[float, str]]:
     """Ignores min_chars: the extremes over every message, short ones included."""
     return exercise_1_4(min_chars=0)
+
+
+# What students really write instead of the computation (tests/test_exercise_checks.py: the checks reject them).
+
+def typed_in_exercise_1_1(max_length: int = 256, strides: tuple[int, ...] = (128, 256)) -> dict[int, dict[str, int]]:
+    """Types in the statement's setting's counts (max_length 256, strides 128 and 256) whatever is asked."""
+    return {128: {"windows": 39, "target_tokens": 9_984, "distinct_targets": 5_120},
+            256: {"windows": 20, "target_tokens": 5_120, "distinct_targets": 5_120}}
+
+
+def shortcut_exercise_1_1(max_length: int = 256, strides: tuple[int, ...] = (128, 256)) -> dict[int, dict[str, int]]:
+    """Takes every token but the first as a target ("distinct_targets" = tokens - 1) instead of looking at which
+    positions the windows cover: wrong when stride > max_length leaves gaps, and at the text's end."""
+    result = exercise_1_1(max_length, strides)
+    n = len(get_tokenizer().encode(VERDICT_FILE.read_text(encoding="utf-8")))
+    for entry in result.values():
+        entry["distinct_targets"] = n - 1
+    return result
+
+
+def typed_in_exercise_1_2(text: str = "Akwirw ier") -> dict:
+    """Types in the ids and pieces section 1.2 prints for "Akwirw ier", whatever text it is given."""
+    return {"ids": [33901, 86, 343, 86, 220, 959], "pieces": [b"Ak", b"w", b"ir", b"w", b" ", b"ier"],
+            "steps": exercise_1_2()["steps"]}
+
+
+def shortcut_exercise_1_2(text: str = "Akwirw ier") -> dict:
+    """Skips the merge loop: each word's "steps" are only its single bytes and its final tokens."""
+    result = exercise_1_2(text)
+    tokenizer = get_tokenizer()
+    result["steps"] = {word: [[bytes([b]) for b in word.encode("utf-8")],
+                              [tokenizer.decode_single_token_bytes(i) for i in tokenizer.encode(word)]]
+                       for word in ("Akwirw", " ier")}
+    return result
+
+
+def typed_in_exercise_1_3(vocab_size: int = 50257, emb_dim: int = 16, seed: int = 123) -> tuple[nn.Embedding, nn.Linear]:
+    """Builds the statement's sizes and seed (50,257 x 16, seed 123) whatever is asked."""
+    return exercise_1_3()
+
+
+def shortcut_exercise_1_3(vocab_size: int = 50257, emb_dim: int = 16, seed: int = 123) -> tuple[nn.Embedding, nn.Linear]:
+    """Reshapes the embedding's (vocab_size, emb_dim) weight to (emb_dim, vocab_size) instead of transposing it:
+    the shapes fit, the numbers land in the wrong places."""
+    torch.manual_seed(seed)
+    embedding = nn.Embedding(vocab_size, emb_dim)
+    linear = nn.Linear(vocab_size, emb_dim, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(embedding.weight.reshape(emb_dim, vocab_size))
+    return embedding, linear
+
+
+def typed_in_exercise_1_4(min_chars: int = 20) -> dict[str, tuple[float, str]]:
+    """Types in the statement's setting's answer (min_chars = 20) whatever min_chars is asked."""
+    return {"fewest": (0.125, "That seems unnecessarily hostile"), "most": (17 / 26, "S:)s.nervous  &lt;#&gt; :)")}
+
+
+def shortcut_exercise_1_4(min_chars: int = 20) -> dict[str, tuple[float, str]]:
+    """Counts words (text.split()) instead of GPT-2 tokens: skips the tokenizer the exercise is about."""
+    from classify.data import load_sms_spam
+
+    texts = [m.text for m in load_sms_spam() if len(m.text) >= min_chars]
+    ratios = [(len(t.split()) / len(t), t) for t in texts]
+    return {"fewest": min(ratios), "most": max(ratios)}

@@ -87,8 +87,9 @@ class CausalAttention(nn.Module):
         return weights @ values
 
 
-def exercise_2_3(seed: int = 123, d_in: int = 8, d_out: int = 6, T: int = 5) -> float:
-    """CausalAttention vs MultiHeadAttention(num_heads=1) with out_proj = identity; returns max |difference|.
+def exercise_2_3(seed: int = 123, d_in: int = 8, d_out: int = 6, T: int = 5) -> tuple[nn.Module, MultiHeadAttention]:
+    """(CausalAttention, MultiHeadAttention(num_heads=1)) built after torch.manual_seed(seed), the second holding the
+    first's projections and out_proj = identity; `difference_2_3` measures them.
 
     Answer: one head with head_dim = d_out is exactly the single-head computation; the only extra piece of
     MultiHeadAttention is out_proj, and with weight I and bias 0 it changes nothing. The difference is
@@ -102,7 +103,14 @@ def exercise_2_3(seed: int = 123, d_in: int = 8, d_out: int = 6, T: int = 5) -> 
             getattr(multi, name).load_state_dict(getattr(single, name).state_dict())
         multi.out_proj.weight.copy_(torch.eye(d_out))
         multi.out_proj.bias.zero_()
-        x = torch.randn(2, T, d_in)
+    return single, multi
+
+
+def difference_2_3(seed: int = 123, d_in: int = 8, d_out: int = 6, T: int = 5) -> float:
+    """The largest absolute difference of exercise_2_3's two modules on a random (2, T, d_in) input."""
+    single, multi = exercise_2_3(seed, d_in, d_out, T)
+    x = torch.randn(2, T, d_in, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
         return (multi(x) - single(x)).abs().max().item()
 
 
@@ -145,7 +153,8 @@ def wrong_exercise_2_2(d: int = 768, num_heads: int = 12) -> dict[str, dict[str,
     return result
 
 
-def wrong_exercise_2_3(seed: int = 123, d_in: int = 8, d_out: int = 6, T: int = 5) -> float:
+def wrong_exercise_2_3(seed: int = 123, d_in: int = 8, d_out: int = 6,
+                       T: int = 5) -> tuple[nn.Module, MultiHeadAttention]:
     """Leaves out_proj at its random initialisation instead of the identity."""
     torch.manual_seed(seed)
     single = CausalAttention(d_in, d_out, context_length=T, dropout=0.0).eval()
@@ -153,8 +162,7 @@ def wrong_exercise_2_3(seed: int = 123, d_in: int = 8, d_out: int = 6, T: int = 
     with torch.no_grad():
         for name in ("W_query", "W_key", "W_value"):
             getattr(multi, name).load_state_dict(getattr(single, name).state_dict())
-        x = torch.randn(2, T, d_in)
-        return (multi(x) - single(x)).abs().max().item()
+    return single, multi
 
 
 def wrong_exercise_2_4(dims: tuple[int, ...] = (16, 64, 256), n: int = 20_000,
@@ -168,3 +176,66 @@ def wrong_exercise_2_4(dims: tuple[int, ...] = (16, 64, 256), n: int = 20_000,
         dots = (q * k).sum(dim=-1)
         result[d] = (dots.var().item(), (dots / d).var().item())
     return result
+
+
+# What students really write instead of the computation (tests/test_exercise_checks.py: the checks reject them).
+
+def typed_in_exercise_2_1(seed: int = 123, d: int = 16, num_heads: int = 2, T: int = 6) -> dict[str, float]:
+    """Types in the statement's setting's answer (0 with the mask, the default setting's change without it) for
+    every seed and size."""
+    return exercise_2_1()
+
+
+def shortcut_exercise_2_1(seed: int = 123, d: int = 16, num_heads: int = 2, T: int = 6) -> dict[str, float]:
+    """Compares the whole output, every position, instead of position 0: the last position moves even with the mask."""
+    torch.manual_seed(seed)
+    attn = MultiHeadAttention(d, d, context_length=T, dropout=0.0, num_heads=num_heads).eval()
+    x = torch.randn(1, T, d)
+    x_changed = x.clone()
+    x_changed[0, -1] = torch.randn(d)
+    with torch.no_grad():
+        with_mask = (attn(x_changed) - attn(x)).abs().max().item()
+        without_mask = (attention_without_mask(attn, x_changed) - attention_without_mask(attn, x)).abs().max().item()
+    return {"with_mask": with_mask, "without_mask": without_mask}
+
+
+def typed_in_exercise_2_2(d: int = 768, num_heads: int = 12) -> dict[str, dict[str, int]]:
+    """Types in GPT-2 small's counts (2,359,296 + 768 and + 3 x 768 more with the qkv bias) for every width."""
+    return {"without qkv bias": {"formula": 2_360_064, "separate": 2_360_064, "fused": 2_360_064},
+            "with qkv bias": {"formula": 2_362_368, "separate": 2_362_368, "fused": 2_362_368}}
+
+
+def shortcut_exercise_2_2(d: int = 768, num_heads: int = 12) -> dict[str, dict[str, int]]:
+    """Reports the module's count as the "formula": nothing is derived, the formula is never written."""
+    result = exercise_2_2(d, num_heads)
+    for entry in result.values():
+        entry["formula"] = entry["separate"]
+    return result
+
+
+def typed_in_exercise_2_3(seed: int = 123, d_in: int = 8, d_out: int = 6, T: int = 5) -> float:
+    """Types in a difference of 0.0: the number the statement promises, with no modules built."""
+    return 0.0
+
+
+def shortcut_exercise_2_3(seed: int = 123, d_in: int = 8, d_out: int = 6,
+                          T: int = 5) -> tuple[nn.Module, MultiHeadAttention]:
+    """Skips writing CausalAttention: returns the one-head MultiHeadAttention as both modules."""
+    torch.manual_seed(seed)
+    multi = MultiHeadAttention(d_in, d_out, context_length=T, dropout=0.0, num_heads=1).eval()
+    with torch.no_grad():
+        multi.out_proj.weight.copy_(torch.eye(d_out))
+        multi.out_proj.bias.zero_()
+    return multi, multi
+
+
+def typed_in_exercise_2_4(dims: tuple[int, ...] = (16, 64, 256), n: int = 20_000,
+                          seed: int = 123) -> dict[int, tuple[float, float]]:
+    """Types in the statement's widths' measured variances, whatever widths, sample size and seed are asked."""
+    return exercise_2_4()
+
+
+def shortcut_exercise_2_4(dims: tuple[int, ...] = (16, 64, 256), n: int = 20_000,
+                          seed: int = 123) -> dict[int, tuple[float, float]]:
+    """States the variances from theory (d_k and 1) instead of measuring them."""
+    return {d: (float(d), 1.0) for d in dims}

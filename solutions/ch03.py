@@ -153,3 +153,54 @@ def wrong_exercise_3_4(n_params: int | None = None, trainable_fraction: float = 
     result = exercise_3_4(n_params, trainable_fraction)
     result["adamw_fp32_full_gb"] = 12 * result["parameters"] / 1e9
     return result
+
+
+# What students really write instead of the computation (tests/test_exercise_checks.py: the checks reject them).
+
+def typed_in_exercise_3_1(cfg: GPTConfig) -> int:
+    """Types in the statement's two gpt2-medium counts (354,823,168 as released, 406,212,608 in the book's setting)."""
+    return 354_823_168 if cfg.qkv_bias else 406_212_608
+
+
+def shortcut_exercise_3_1(cfg: GPTConfig) -> int:
+    """Builds the model (on the meta device) and counts it: the statement asks for the formula instead."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPTModel(cfg).parameters())
+
+
+def typed_in_exercise_3_2(cfg: GPTConfig, head_dim: int) -> GPTModel:
+    """Ignores head_dim: returns the GPTModel of the statement's setting, whose heads are emb_dim / n_heads wide."""
+    return GPTModel(cfg)
+
+
+def shortcut_exercise_3_2(cfg: GPTConfig, head_dim: int) -> GPTModel:
+    """Changes the number of heads so that emb_dim / n_heads = head_dim instead of writing a layer with n_heads heads
+    of head_dim: the projections stay emb_dim wide."""
+    import dataclasses
+
+    return GPTModel(dataclasses.replace(cfg, n_heads=max(1, cfg.emb_dim // head_dim)))
+
+
+def typed_in_exercise_3_3(cfg: GPTConfig | None = None, t: int = 5, T: int = 10, seed: int = 123) -> dict[str, float]:
+    """Types in the statement's setting's four numbers whatever model, positions and seed are asked."""
+    return {"change_before_t": 0.0, "change_from_t": 0.4252048134803772, "train_passes_differ_by": 0.4021508991718292,
+            "eval_passes_differ_by": 0.0}
+
+
+def shortcut_exercise_3_3(cfg: GPTConfig | None = None, t: int = 5, T: int = 10, seed: int = 123) -> dict[str, float]:
+    """Measures causality but states the dropout part from expectation (train passes differ, eval passes do not)
+    instead of running the two passes."""
+    result = exercise_3_3(cfg, t, T, seed)
+    result["train_passes_differ_by"], result["eval_passes_differ_by"] = 1.0, 0.0
+    return result
+
+
+def typed_in_exercise_3_4(n_params: int | None = None, trainable_fraction: float = 0.01) -> dict[str, float]:
+    """Types in GPT-2 XL's numbers at 1 % whatever model size and share are asked."""
+    return {"parameters": 1_557_611_200, "fp32_weights_gb": 6.2304448, "bf16_weights_gb": 3.1152224,
+            "adamw_fp32_full_gb": 24.9217792, "adamw_fp32_partial_gb": 6.417358144}
+
+
+def shortcut_exercise_3_4(n_params: int | None = None, trainable_fraction: float = 0.01) -> dict[str, float]:
+    """Takes the headline "1.5 billion" for GPT-2 XL instead of counting the released model."""
+    return exercise_3_4(n_params if n_params is not None else 1_500_000_000, trainable_fraction)

@@ -56,7 +56,7 @@ def exercise_4_1(seed: int = 123, head_std: float = 1.0) -> dict[str, float]:
             "loss_large_init": loss_large}
 
 
-def exercise_4_2(seed: int = 123, temperatures=(0.5, 1.0, 3.0)) -> dict:
+def exercise_4_2(seed: int = 123, temperatures=(0.5, 1.0, 3.0), z=(2.0, 1.0, 0.5, -1.0)) -> dict:
     """Top-k with k = 1 is greedy at any temperature; softmax(z / T) -> one-hot (T -> 0) and uniform (T -> inf).
 
     Answer: with k = 1 every logit but the largest is set to -inf before the softmax, so the one survivor
@@ -71,7 +71,7 @@ def exercise_4_2(seed: int = 123, temperatures=(0.5, 1.0, 3.0)) -> dict:
     greedy = generate(model, prompt, max_new_tokens=6)
     same = {t: torch.equal(generate(model, prompt, max_new_tokens=6, temperature=t, top_k=1,
                                     generator=torch.Generator().manual_seed(seed)), greedy) for t in temperatures}
-    z = torch.tensor([2.0, 1.0, 0.5, -1.0])
+    z = torch.tensor(z)
     cold = torch.softmax(z / 0.01, dim=-1)
     hot = torch.softmax(z / 1e4, dim=-1)
     return {"top1_equals_greedy": same, "cold": cold, "hot": hot}
@@ -199,10 +199,10 @@ def wrong_exercise_4_1(seed: int = 123, head_std: float = 1.0) -> dict[str, floa
     return out
 
 
-def wrong_exercise_4_2(seed: int = 123, temperatures=(0.5, 1.0, 3.0)) -> dict:
+def wrong_exercise_4_2(seed: int = 123, temperatures=(0.5, 1.0, 3.0), z=(2.0, 1.0, 0.5, -1.0)) -> dict:
     """Takes the "hot" limit at temperature 1: softmax(z) is not uniform."""
-    out = exercise_4_2(seed, temperatures)
-    out["hot"] = torch.softmax(torch.tensor([2.0, 1.0, 0.5, -1.0]), dim=-1)
+    out = exercise_4_2(seed, temperatures, z)
+    out["hot"] = torch.softmax(torch.tensor(z), dim=-1)
     return out
 
 
@@ -219,3 +219,61 @@ def wrong_exercise_4_4(model: GPTModel) -> dict[str, torch.Tensor]:
         w = out[name]  # (d, 3d)
         out[name] = torch.cat([w[:, d:2 * d], w[:, :d], w[:, 2 * d:]], dim=1).contiguous()
     return out
+
+
+# What students really write instead of the computation (tests/test_exercise_checks.py: the checks reject them).
+
+def typed_in_exercise_4_1(seed: int = 123, head_std: float = 1.0) -> dict[str, float]:
+    """Types in the statement's setting's five numbers (seed 123, head_std 1) whatever seed and spread are asked."""
+    return exercise_4_1()
+
+
+def shortcut_exercise_4_1(seed: int = 123, head_std: float = 1.0) -> dict[str, float]:
+    """States the loss of an untrained model as ln V instead of evaluating it on the held-out windows."""
+    out = exercise_4_1(seed, head_std)
+    out["loss"] = out["ln_V"]
+    out["perplexity"] = math.exp(out["ln_V"])
+    return out
+
+
+def typed_in_exercise_4_2(seed: int = 123, temperatures=(0.5, 1.0, 3.0), z=(2.0, 1.0, 0.5, -1.0)) -> dict:
+    """Types in the statement's logits' answer (four probabilities) whatever logits are asked."""
+    return {"top1_equals_greedy": {t: True for t in temperatures}, "cold": torch.tensor([1.0, 0.0, 0.0, 0.0]),
+            "hot": torch.full((4,), 0.25)}
+
+
+def shortcut_exercise_4_2(seed: int = 123, temperatures=(0.5, 1.0, 3.0), z=(2.0, 1.0, 0.5, -1.0)) -> dict:
+    """Writes down the limits (one-hot at the argmax, uniform) instead of the softmax at the two temperatures."""
+    out = exercise_4_2(seed, temperatures, z)
+    logits = torch.tensor(z)
+    out["cold"] = torch.nn.functional.one_hot(logits.argmax(), len(z)).float()
+    out["hot"] = torch.full((len(z),), 1 / len(z))
+    return out
+
+
+def typed_in_exercise_4_3(out_dir: str | Path, steps: int = 8, crash_at: int = 6, seed: int = 123) -> dict:
+    """Types in what the statement's setting gives (checkpoint at step 4, identical) without training anything."""
+    return {"saved_step": 4, "identical": True, "final_val_loss": 7.0}
+
+
+def shortcut_exercise_4_3(out_dir: str | Path, steps: int = 8, crash_at: int = 6, seed: int = 123) -> dict:
+    """Runs once, straight through, and reports it identical to itself: no crash, no resume, nothing compared."""
+    train, val = verdict_windows(context_length=32)
+    cfg = PretrainConfig(max_steps=steps, batch_size=4, lr=2e-3, warmup_steps=2, eval_every=2, eval_batches=1,
+                         save_every=2, seed=seed)
+    torch.manual_seed(seed)
+    history = pretrain(GPTModel(GPTConfig.from_preset("gpt-tiny", context_length=32)), train, val, cfg,
+                       Path(out_dir) / "straight", resume=False)
+    return {"saved_step": 2 * ((crash_at - 1) // 2), "identical": True, "final_val_loss": history.val_loss[-1]}
+
+
+def typed_in_exercise_4_4(model: GPTModel) -> dict[str, torch.Tensor]:
+    """Keeps our own names (tok_emb.weight, trf_blocks.0.att.W_query.weight, ...) instead of GPT-2's."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def shortcut_exercise_4_4(model: GPTModel) -> dict[str, torch.Tensor]:
+    """Renames but keeps nn.Linear's (out, in) layout where GPT-2's Conv1D stores (in, out): no transposes."""
+    renamed = exercise_4_4(model)
+    transposed = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+    return {k: (v.T.contiguous() if k.endswith(transposed) else v) for k, v in renamed.items()}

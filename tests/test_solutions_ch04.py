@@ -24,6 +24,8 @@ def test_exercise_4_2_top1_is_greedy_and_temperature_limits():
     assert out["top1_equals_greedy"] == {0.5: True, 1.0: True, 3.0: True}
     torch.testing.assert_close(out["cold"], torch.tensor([1.0, 0.0, 0.0, 0.0]), atol=1e-6, rtol=0)
     torch.testing.assert_close(out["hot"], torch.full((4,), 0.25), atol=1e-3, rtol=0)
+    other = ch04.exercise_4_2(temperatures=(2.0,), z=(0.0, 0.5, 0.45))  # logits of another size
+    assert int(other["cold"].argmax()) == 1 and other["cold"].shape == (3,) and other["top1_equals_greedy"] == {2.0: True}
 
 
 def test_exercise_4_3_crash_and_resume_is_exact(tmp_path):

@@ -12,8 +12,7 @@ name = "ex1_1"
 points = 1
 
 HINTS = {
-    "windows": "a window starts at 0, stride, 2*stride, ... as long as its max_length inputs and the one "
-               "extra target token fit in the text; len(TokenWindows(...)) counts them",
+    "windows": "count the windows gpt.data.TokenWindows makes over the text's tokens (section 1.4)",
     "target_tokens": "every window trains on max_length (input, target) pairs",
     "distinct_targets": "a token that is a target in two overlapping windows counts once, and with "
                         "stride > max_length some tokens are never a target",
@@ -24,7 +23,7 @@ HINTS = {
 def ex1_1(env):
     text = (DATA_DIR / "pretrain" / "the-verdict.txt").read_text(encoding="utf-8")
     positions = torch.arange(len(get_tokenizer().encode(text)))  # token i of the stream, named by its position i
-    for max_length, strides in [(256, (128, 256)), (100, (30, 100, 150))]:
+    for max_length, strides in [(200, (64, 200)), (100, (30, 100, 150))]:
         result = answer(env, "exercise_1_1", max_length=max_length, strides=strides, returns=dict,
                         expects="a dict {stride: {'windows': ..., 'target_tokens': ..., 'distinct_targets': ...}}")
         call = f"exercise_1_1(max_length={max_length}, strides={strides})"

@@ -19,7 +19,7 @@ def ex1_4(env):
     known = set(texts)
     per_char = np.array([len(ids) for ids in tokenizer.encode_ordinary_batch(texts)]) / np.array([len(t) for t in texts])
     lengths = np.array([len(t) for t in texts])
-    for min_chars in (20, 100):
+    for min_chars in (30, 100):
         call = f"exercise_1_4(min_chars={min_chars})"
         result = answer(env, "exercise_1_4", min_chars=min_chars, returns=dict, timeout=60,
                         expects="a dict {'fewest': (tokens per character, message), 'most': (...)}")

@@ -28,9 +28,9 @@ def ex3_4(env):
                 f"{call}: weights {result['fp32_weights_gb']!r} GB (fp32) and {result['bf16_weights_gb']!r} GB (bf16); "
                 f"how many bytes is one float32, one bfloat16? GB means 10^9 bytes.")
         require(close(result["adamw_fp32_full_gb"], 4 * result["fp32_weights_gb"]),
-                f"{call}['adamw_fp32_full_gb'] = {result['adamw_fp32_full_gb']!r}: full AdamW training in fp32 keeps "
-                f"four numbers per parameter (weight, gradient, two moments).")
+                f"{call}['adamw_fp32_full_gb'] = {result['adamw_fp32_full_gb']!r} is not what full AdamW training in fp32 "
+                f"keeps; hint: list what AdamW stores for every trained parameter (section 3.9).")
         fraction = kwargs.get("trainable_fraction", 0.01)
         require(close(result["adamw_fp32_partial_gb"], result["fp32_weights_gb"] * (1 + 3 * fraction)),
-                f"{call}['adamw_fp32_partial_gb'] = {result['adamw_fp32_partial_gb']!r}: every weight is stored "
-                f"(fp32), and only the trained share needs a gradient and two moments.")
+                f"{call}['adamw_fp32_partial_gb'] = {result['adamw_fp32_partial_gb']!r} is not right for a trained share "
+                f"of {fraction}; hint: which of those tensors does a frozen parameter still need?")
