@@ -36,6 +36,6 @@ def ex3_1(env):
         with torch.device("meta"):  # shapes only
             truth = count_parameters(GPTModel(cfg))
         require(count == truth,
-                f"{call} = {count:,}, but the model has {count - truth:+,} parameters fewer/more than that. Hint: "
-                f"embeddings (token and position), per block attention, feed-forward and two LayerNorms (scale and "
-                f"shift), the final LayerNorm, and the output head unless it is tied.")
+                f"{call} = {count:,}, but the model has {truth - count:+,} parameters more than that. Hint: go "
+                f"through GPTModel's modules one by one (section 3.7) and ask which flags of the configuration change "
+                f"each one.")
