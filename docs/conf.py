@@ -28,7 +28,7 @@ root_doc = "README"
 include_patterns = [
     "README.md", "TEACHING.md", "BOOK_MAP.md", "data/README.md", "benchmarks/README.md",
     "benchmarks/results/*.md", "results/spam_comparison.md",
-    "notebooks/[0-9][0-9]_*.ipynb", "docs/*.md", "docs/api/*.md", "docs/_generated/**.md",
+    "notebooks/[0-9][0-9]_*.ipynb", "docs/*.md", "docs/api/*.md", "docs/_generated/*/*.md",
 ]
 exclude_patterns = [".git", ".venv", "runs", "docs/_build", "**/.ipynb_checkpoints", "solutions", "tests"]
 
@@ -77,11 +77,12 @@ CHAPTER_CODE = {
         "api": ["lora.LoRALayer", "lora.LinearWithLoRA", "lora.FusedQKVWithLoRA", "lora.apply_lora",
                 "lora.merge_lora", "lora.unmerge_lora"]},
     7: {"scripts": ["finetune_spam.py", "compare_finetuning.py", "predict.py"],
-        "api": ["classify.finetune", "classify.model", "classify.train", "classify.bag_of_words"]},
+        "api": ["classify.finetune", "classify.model", "classify.train", "classify.comparison",
+                "classify.bag_of_words"]},
     8: {"scripts": ["ch08_adapters.py", "compare_sentiment.py"],
         "api": ["lora.save_adapter", "lora.load_adapter", "lora.add_adapter", "lora.set_active_adapter",
                 "lora.EmbeddingWithLoRA", "lora.export_peft_adapter", "classify.tasks"]},
     9: {"scripts": ["ch09_inside_adapter.py"],
         "api": ["lora.lora_state_dict", "peft_methods.apply_dora", "peft_methods.apply_bottleneck_adapters",
-                "peft_methods.apply_prefix_tuning"]},
+                "peft_methods.apply_prefix_tuning", "classify.adapter_study"]},
 }

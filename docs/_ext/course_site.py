@@ -26,6 +26,7 @@ from sphinx.util import logging
 LOG = logging.getLogger(__name__)
 CHAPTER = re.compile(r"^notebooks/(\d\d)_[^/]+$")
 GENERATED = "docs/_generated/scripts"
+GENERATED_API = "docs/_generated/api"
 
 # The reading order of the site's own pages (docs/*.md); any other docs/*.md follows, sorted.
 MEASURED = ["docs/spam_classifier", "docs/sentiment", "docs/claims_measured", "docs/numbers", "docs/gpt_mini",
@@ -38,6 +39,11 @@ def _root(app) -> Path:
 
 def chapters(root: Path) -> list[str]:
     return [p.relative_to(root).with_suffix("").as_posix() for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+
+
+def scripts_of(root: Path) -> list[Path]:
+    """The command lines: scripts/*.py, without the package's __init__.py."""
+    return [p for p in sorted((root / "scripts").glob("*.py")) if not p.name.startswith("_")]
 
 
 def docstring_summary(path: Path) -> str:
@@ -61,7 +67,7 @@ def write_script_pages(app) -> None:
             users.setdefault(script, []).append(number)
     by_number = {int(Path(d).name[:2]): d for d in chapters(root)}
     wanted = set()
-    for script in sorted((root / "scripts").glob("*.py")):
+    for script in scripts_of(root):
         summary = docstring_summary(script)
         used = [f"[chapter {n}](/{by_number[n]}.ipynb)" for n in users.get(script.name, []) if n in by_number]
         text = (f"# scripts/{script.name}\n\n"
@@ -70,11 +76,28 @@ def write_script_pages(app) -> None:
                 + f"```{{literalinclude}} /scripts/{script.name}\n:language: python\n:linenos:\n```\n")
         page = out / f"{script.stem}.md"
         wanted.add(page.name)
-        if not page.is_file() or page.read_text(encoding="utf-8") != text:
-            page.write_text(text, encoding="utf-8")
+        _write_if_changed(page, text)
     for stale in out.glob("*.md"):
         if stale.name not in wanted:
             stale.unlink()
+
+
+def _write_if_changed(page: Path, text: str) -> None:
+    if not page.is_file() or page.read_text(encoding="utf-8") != text:
+        page.write_text(text, encoding="utf-8")
+
+
+def write_classify_page(app) -> None:
+    """docs/_generated/api/classify.md: every module of classify/ (it re-exports nothing, so each module is
+    documented on its own; a new module appears without a change here)."""
+    root = _root(app)
+    out = root / GENERATED_API
+    out.mkdir(parents=True, exist_ok=True)
+    modules = [p.stem for p in sorted((root / "classify").glob("*.py")) if not p.name.startswith("_")]
+    text = ("# API: classify\n\nText classification with a GPT: labelled data sets, the classification head, the "
+            "training loop, the fine-tuning job, one module at a time.\n\n```{eval-rst}\n.. automodule:: classify\n\n"
+            + "".join(f".. automodule:: classify.{m}\n   :members:\n\n" for m in modules) + "```\n")
+    _write_if_changed(out / "classify.md", text)
 
 
 def toctrees(app) -> str:
@@ -87,8 +110,9 @@ def toctrees(app) -> str:
     bench += [p.relative_to(root).with_suffix("").as_posix()
               for p in sorted((root / "benchmarks" / "results").glob("*.md")) if p.name != "README.md"]
     bench += ["results/spam_comparison"] if (root / "results" / "spam_comparison.md").is_file() else []
-    api = [p.relative_to(root).with_suffix("").as_posix() for p in sorted((root / "docs" / "api").glob("*.md"))]
-    scripts = [f"{GENERATED}/{p.stem}" for p in sorted((root / "scripts").glob("*.py"))]
+    api = sorted((p.relative_to(root).with_suffix("").as_posix() for folder in ("docs/api", GENERATED_API)
+                  for p in (root / folder).glob("*.md")), key=lambda d: Path(d).name)
+    scripts = [f"{GENERATED}/{p.stem}" for p in scripts_of(root)]
     groups = [("Chapters", chapters(root)), ("Measured results", measured), ("The course", course),
               ("Benchmarks", bench), ("API", api), ("Scripts", scripts)]
     return "".join(f"\n\n```{{toctree}}\n:hidden:\n:caption: {caption}\n:maxdepth: 1\n\n"
@@ -187,6 +211,7 @@ def copy_mathjax(app, exception) -> None:
 def setup(app):
     app.add_config_value("CHAPTER_CODE", {}, "env")
     app.connect("builder-inited", write_script_pages)
+    app.connect("builder-inited", write_classify_page)
     app.connect("source-read", add_toctrees)
     app.connect("doctree-read", add_chapter_box, priority=400)  # before the collector of download files
     app.connect("build-finished", copy_mathjax)
