@@ -1,7 +1,7 @@
 """Run chapter notebooks in full mode, in place, and record how long each takes and which cells are slow.
 
-    python benchmarks/notebook_times.py                      # every chapter, 2 torch threads
-    python benchmarks/notebook_times.py notebooks/02_attention.ipynb --threads 1
+    python -m benchmarks.notebook_times                      # every chapter, 2 torch threads
+    python -m benchmarks.notebook_times notebooks/02_attention.ipynb --threads 1
 
 This is how the committed notebooks are re-run: each notebook executes top to bottom in a fresh kernel
 (nbclient, the same executor the tests use) with LORA_DEVICE=cpu and LORA_QUICK unset (a full run),
@@ -30,12 +30,10 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: benchmarks/ and common/ are folders next to it
-    sys.path.insert(0, str(ROOT))
+from benchmarks.common import machine_info
+from common.files import atomic_write_text
 
-from benchmarks.common import machine_info  # noqa: E402
-from common.files import atomic_write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "results" / "notebook_times.json"
 TEACHING = ROOT / "TEACHING.md"

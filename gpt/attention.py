@@ -176,3 +176,23 @@ def split_qkv(attn: FusedMultiHeadAttention) -> MultiHeadAttention:
     separate.out_proj.load_state_dict(attn.out_proj.state_dict())
     separate.train(attn.training)
     return separate
+
+
+@torch.no_grad()
+def attention_weights(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
+    """Causal attention weights of every head of block `layer` for one sequence.
+
+    ids: (1, T), on the model's device. Returns (H, T, T) on that device: row i holds token i's weights
+    over tokens 0..T-1 (0 above the diagonal).
+    The block's input is computed with the model's own modules (embeddings, earlier blocks, norm1), and
+    the weights come from causal_attention itself: attending with the identity matrix as
+    the values returns the weight matrix (weights @ I = weights).
+    """
+    T = ids.shape[1]
+    x = model.tok_emb(ids) + model.pos_emb(torch.arange(T, device=ids.device))  # (1, T, d)
+    for block in model.trf_blocks[:layer]:
+        x = block(x)
+    att = model.trf_blocks[layer].att
+    queries, keys, _ = att.project_qkv(model.trf_blocks[layer].norm1(x))  # each (1, H, T, hd)
+    identity = torch.eye(T, device=ids.device).expand(1, att.num_heads, T, T)  # (1, H, T, T) as "values"
+    return causal_attention(queries, keys, identity, sdpa=False)[0]  # (H, T, T)

@@ -30,7 +30,7 @@ import torch
 
 from common.cli import ArgumentParser, parse_with_quick, run_main
 from common.files import atomic_write
-from gpt.attention import causal_attention
+from gpt.attention import attention_weights
 from gpt.device import add_device_argument, pick_device, synchronize
 from gpt.model import convert_attention
 from gpt.pretrained import DEFAULT_BASE, load_base
@@ -40,26 +40,6 @@ from plots.figures import new_figure, save_figure
 ROOT = Path(__file__).resolve().parent.parent
 
 QUICK = dict(model="random:gpt-tiny", repeats=3, timing_tokens=32)
-
-
-@torch.no_grad()
-def attention_weights(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
-    """Causal attention weights of every head of block `layer` for one sequence.
-
-    ids: (1, T), on the model's device. Returns (H, T, T) on that device: row i holds token i's weights
-    over tokens 0..T-1 (0 above the diagonal).
-    The block's input is computed with the model's own modules (embeddings, earlier blocks, norm1), and
-    the weights come from gpt.attention.causal_attention itself: attending with the identity matrix as
-    the values returns the weight matrix (weights @ I = weights).
-    """
-    T = ids.shape[1]
-    x = model.tok_emb(ids) + model.pos_emb(torch.arange(T, device=ids.device))  # (1, T, d)
-    for block in model.trf_blocks[:layer]:
-        x = block(x)
-    att = model.trf_blocks[layer].att
-    queries, keys, _ = att.project_qkv(model.trf_blocks[layer].norm1(x))  # each (1, H, T, hd)
-    identity = torch.eye(T, device=ids.device).expand(1, att.num_heads, T, T)  # (1, H, T, T) as "values"
-    return causal_attention(queries, keys, identity, sdpa=False)[0]  # (H, T, T)
 
 
 def plot_heatmap(weights: torch.Tensor, tokens: list[str], title: str, path: Path) -> Path:

@@ -11,7 +11,6 @@ vocabulary, data files, labels and lengths, training settings, numbers that blow
 
 import math
 import os
-import runpy
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ from gpt.tokenizer import VOCAB_FILE, get_tokenizer
 from gpt.train import PretrainConfig, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
-PRETRAIN_SCRIPT = ROOT / "scripts" / "pretrain.py"
 
 
 def tiny(seed: int = 0, **overrides) -> GPTModel:
@@ -286,14 +284,16 @@ def test_fewer_training_windows_than_one_batch(tmp_path):
 
 
 def test_script_with_a_bad_preset_writes_nothing(tmp_path):
-    main = runpy.run_path(str(PRETRAIN_SCRIPT))["main"]
+    from scripts.pretrain import main
+
     with pytest.raises(ValueError, match="unknown preset 'gpt-huge'"):
         main(["--preset", "gpt-huge", "--out", str(tmp_path / "run")])
     assert files_in(tmp_path) == []
 
 
 def test_script_with_batch_size_not_divisible_by_grad_accum_writes_nothing(tmp_path):
-    main = runpy.run_path(str(PRETRAIN_SCRIPT))["main"]
+    from scripts.pretrain import main
+
     with pytest.raises(ValueError, match="batch_size=6 is not divisible by grad_accum=4"):
         main(["--quick", "--batch-size", "6", "--grad-accum", "4", "--out", str(tmp_path / "run")])
     assert files_in(tmp_path) == []
@@ -371,7 +371,8 @@ def test_mps_on_a_machine_without_it():
 
 
 def test_script_with_a_device_that_does_not_exist_writes_nothing(tmp_path):
-    main = runpy.run_path(str(PRETRAIN_SCRIPT))["main"]
+    from scripts.pretrain import main
+
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         main(["--quick", "--device", "gpu0", "--out", str(tmp_path / "run")])
     assert files_in(tmp_path) == []

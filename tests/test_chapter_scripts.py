@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _scripts import load_script
+from importlib import import_module
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -18,10 +18,10 @@ def _is_png(path) -> bool:
     return Path(path).read_bytes()[:8] == PNG_MAGIC
 
 
-ch01 = load_script("ch01_tokens")
-ch02 = load_script("ch02_attention")
-ch03 = load_script("ch03_gpt_model")
-ch06 = load_script("ch06_lora_layers")
+ch01 = import_module("scripts.ch01_tokens")
+ch02 = import_module("scripts.ch02_attention")
+ch03 = import_module("scripts.ch03_gpt_model")
+ch06 = import_module("scripts.ch06_lora_layers")
 
 
 # ----------------------------------------------------------------------------- chapter 1
@@ -76,14 +76,15 @@ def test_ch02_attention_weights_fused_equality_and_heatmap(tmp_path):
 
 
 def test_ch02_identity_trick_equals_explicit_softmax():
-    """attention_weights reads the weights out of gpt.attention.causal_attention by attending with the
+    """gpt.attention.attention_weights reads the weights out of causal_attention by attending with the
     identity as values; compare with softmax(q k^T / sqrt(hd)) + causal mask written out here."""
     from gpt import GPTConfig, GPTModel
+    from gpt.attention import attention_weights
 
     torch.manual_seed(0)
     model = GPTModel(GPTConfig.from_preset("gpt-tiny", drop_rate=0.0)).eval()
     ids = torch.randint(0, 50257, (1, 7))
-    weights = ch02.attention_weights(model, ids, layer=1)  # (H, T, T)
+    weights = attention_weights(model, ids, layer=1)  # (H, T, T)
     with torch.no_grad():
         x = model.trf_blocks[0](model.tok_emb(ids) + model.pos_emb(torch.arange(7)))
         att = model.trf_blocks[1].att
@@ -185,7 +186,7 @@ def test_pretrain_init_continues_from_a_shipped_checkpoint_and_records_its_histo
     tokens and keeps the first run's command, corpus and checksum, and the commands that remake it."""
     import hashlib
 
-    pretrain = load_script("pretrain")
+    pretrain = import_module("scripts.pretrain")
     first = pretrain.main(["--quick", "--out", str(tmp_path / "run1"), "--ship", str(tmp_path / "ship1")])
     second = pretrain.main(["--quick", "--init", str(tmp_path / "ship1"), "--out", str(tmp_path / "run2"),
                             "--ship", str(tmp_path / "ship2")])

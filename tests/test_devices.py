@@ -27,12 +27,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts next to the packages
-    sys.path.insert(0, str(ROOT))
+from gpt.device import DEVICE_HELP, autocast, pick_device, synchronize, use_bf16
 
-from _scripts import load_script  # noqa: E402
-from gpt.device import DEVICE_HELP, autocast, pick_device, synchronize, use_bf16  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 NO_GPU = not torch.cuda.is_available()
 
@@ -40,7 +37,7 @@ NO_GPU = not torch.cuda.is_available()
 def _command_lines() -> list[tuple[str, str]]:
     """("scripts", name) for every script, ("benchmarks", name) for every benchmark module with a command line."""
     found = [("scripts", p.stem) for p in sorted((ROOT / "scripts").glob("*.py"))
-             if p.stem != "make_student_release"]  # copies files: no model, no device
+             if p.stem not in ("make_student_release", "__init__")]  # copies files: no model, no device
     found += [("benchmarks", p.stem) for p in sorted((ROOT / "benchmarks").glob("*.py"))
               if "ArgumentParser(" in p.read_text(encoding="utf-8")  # builds a parser: a command line
               and p.stem not in ("gpu_run",  # CUDA only, no --device to choose (tests/test_gpu_run.py)
@@ -49,7 +46,7 @@ def _command_lines() -> list[tuple[str, str]]:
 
 
 def _load(folder: str, name: str):
-    return load_script(name) if folder == "scripts" else importlib.import_module(f"benchmarks.{name}")
+    return importlib.import_module(f"scripts.{name}") if folder == "scripts" else importlib.import_module(f"benchmarks.{name}")
 
 
 def _expected_default(folder: str, name: str) -> str | None:
@@ -210,7 +207,7 @@ WRONG_DEVICE = [  # (script, extra arguments): each must refuse --device cuda be
 def test_chapter_script_refuses_a_missing_gpu(name, extra, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available on this machine"):
-        load_script(name).main([*extra, "--device", "cuda", "--out", str(out)])
+        importlib.import_module(f"scripts.{name}").main([*extra, "--device", "cuda", "--out", str(out)])
     assert not out.exists()  # refused before any file was written
 
 
@@ -219,9 +216,9 @@ def test_other_command_lines_refuse_a_missing_gpu(tmp_path):
     from benchmarks import bench_mfu, run_all
 
     with pytest.raises(ValueError, match="CUDA is not available"):
-        load_script("predict").main(["--device", "cuda", "--adapter", str(tmp_path / "none"), "hello"])
+        importlib.import_module("scripts.predict").main(["--device", "cuda", "--adapter", str(tmp_path / "none"), "hello"])
     with pytest.raises(ValueError, match="CUDA is not available"):
-        load_script("compare_finetuning").main(["--quick", "--device", "cuda", "--results", str(tmp_path / "r"),
+        importlib.import_module("scripts.compare_finetuning").main(["--quick", "--device", "cuda", "--results", str(tmp_path / "r"),
                                             "--runs", str(tmp_path / "runs")])
     with pytest.raises(ValueError, match="CUDA is not available"):
         bench_mfu.main(["--quick", "--device", "cuda", "--out-dir", str(tmp_path / "b")])
@@ -235,7 +232,7 @@ def test_other_command_lines_refuse_a_missing_gpu(tmp_path):
 def test_device_cpu_writes_the_numbers_the_default_writes(tmp_path):
     """ch02 --quick: attention weights, token ids and the fused-vs-separate difference. Where auto is
     the CPU they must be identical; on a GPU machine the default runs on the GPU: equal to float32 rounding."""
-    ch02 = load_script("ch02_attention")
+    ch02 = importlib.import_module("scripts.ch02_attention")
     runs = {}
     for name, flags in (("default", []), ("cpu", ["--device", "cpu"])):
         ch02.main(["--quick", "--repeats", "1", *flags, "--out", str(tmp_path / name)])
@@ -305,7 +302,7 @@ def test_real_cuda_logits_and_cached_generation_equal_the_cpus():
 def test_real_cuda_finetune_steps_under_bf16(tmp_path):
     """scripts/finetune_spam.py --quick on the GPU: bf16 autocast by default there, a finite loss."""
     result_json = tmp_path / "result.json"
-    load_script("finetune_spam").main(["--quick", "--device", "cuda", "--no-progress", "--out", str(tmp_path / "run"),
+    importlib.import_module("scripts.finetune_spam").main(["--quick", "--device", "cuda", "--no-progress", "--out", str(tmp_path / "run"),
                                        "--result-json", str(result_json)])
     result = json.loads(result_json.read_text())
     assert result["device"].startswith("cuda")

@@ -34,7 +34,6 @@ from gpt.model import GPTModel
 from gpt.train import PretrainConfig, batch_indices, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
-PRETRAIN_SCRIPT = ROOT / "scripts" / "pretrain.py"
 RTOL_LOSS, ATOL_WEIGHTS = 1e-5, 1e-5
 
 
@@ -138,11 +137,11 @@ def test_ddp_path_with_grad_accumulation_syncs_once_per_step(tmp_path, monkeypat
 
 # Runs scripts/pretrain.py's main() under torchrun, recording the training windows each rank reads.
 _RECORDING_WORKER = r"""
-import json, os, runpy, sys
+import importlib, json, os, sys
 import torch
 import gpt.train
 
-script, out_file, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+module, out_file, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 reads = []
 
 class Recording(torch.utils.data.Dataset):
@@ -156,7 +155,7 @@ class Recording(torch.utils.data.Dataset):
 
 original = gpt.train.pretrain
 gpt.train.pretrain = lambda model, train_data, *a, **k: original(model, Recording(train_data), *a, **k)
-runpy.run_path(script)["main"](argv)
+importlib.import_module(module).main(argv)  # imported after the patch: it sees the recording pretrain
 with open(out_file.format(rank=os.environ["RANK"]), "w") as f:
     json.dump(reads, f)
 """
@@ -169,7 +168,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(_RECORDING_WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           str(worker), str(PRETRAIN_SCRIPT),
+           str(worker), "scripts.pretrain",
            str(tmp_path / "reads-rank{rank}.json"), *ARGS, "--grad-accum", "2", "--out", str(tmp_path / "ddp")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
@@ -183,7 +182,9 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     # One process, global batch 4 in one micro-batch, in this process.
     threads = torch.get_num_threads()
     try:
-        history = runpy.run_path(str(PRETRAIN_SCRIPT))["main"]([*ARGS, "--out", str(tmp_path / "one")])
+        from scripts.pretrain import main
+
+        history = main([*ARGS, "--out", str(tmp_path / "one")])
     finally:
         torch.set_num_threads(threads)
 
@@ -311,8 +312,9 @@ def test_finetune_script_under_torchrun_equals_one_process(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("accuracy: train") == 1  # only rank 0 prints
-    runpy.run_path(str(FINETUNE_SCRIPT))["main"]([*args, "--out", str(tmp_path / "one"),
-                                                   "--result-json", str(tmp_path / "one.json")])
+    from scripts.finetune_spam import main
+
+    main([*args, "--out", str(tmp_path / "one"), "--result-json", str(tmp_path / "one.json")])
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     for split in ("train", "val", "test"):
         assert one[f"{split}_accuracy"] == two[f"{split}_accuracy"]

@@ -24,23 +24,18 @@ from __future__ import annotations
 
 import importlib
 import re
-import sys
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
+from otter.test_files.exception_test import ExceptionTestFile
+
+from checks import _guard  # notebooks/checks/: pyproject puts notebooks/ on the path, as a notebook sees it
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
-for path in (ROOT, NOTEBOOK_DIR):  # solutions/ sits next to the packages; checks/ is imported from notebooks/
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from otter.test_files.exception_test import ExceptionTestFile  # noqa: E402
-
-from checks import _guard  # noqa: E402
 
 CHECKS = sorted(NOTEBOOK_DIR.glob("checks/ch[0-9][0-9]/ex*.py"))
 HAS_SOLUTIONS = (ROOT / "solutions").is_dir()

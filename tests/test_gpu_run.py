@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from _scripts import load_script
 from benchmarks import gpu_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +46,7 @@ def _parse_script(name: str, argv: list[str], monkeypatch) -> argparse.Namespace
     with monkeypatch.context() as m:
         m.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
         with pytest.raises(_Parsed):
-            load_script(name).main(argv)
+            importlib.import_module(f"scripts.{name}").main(argv)
     return seen["args"]
 
 

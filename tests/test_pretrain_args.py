@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _scripts import load_script
+from importlib import import_module
 
 from common.cli import UserError
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
     (["--drop-rate", "1"], r"--drop-rate must be in \[0, 1\), got 1.0"),
 ])
 def test_pretrain_refuses_bad_arguments_before_loading_any_data(tmp_path, monkeypatch, flags, message):
-    pretrain = load_script("pretrain")
+    pretrain = import_module("scripts.pretrain")
     monkeypatch.setattr(pretrain, "build_corpus", lambda *a, **k: pytest.fail("data loaded before the arguments were checked"))
     with pytest.raises(UserError, match=message):
         pretrain.main(["--quick", *flags, "--out", str(tmp_path / "run")])

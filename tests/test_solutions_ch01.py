@@ -1,16 +1,9 @@
 """The chapter 1 exercise solutions (solutions/ch01.py) give the stated answers, checked with real numbers."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # solutions/ is a folder next to the packages, not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from gpt.tokenizer import get_tokenizer, load_mergeable_ranks  # noqa: E402
-from solutions import ch01  # noqa: E402
+from gpt.tokenizer import get_tokenizer, load_mergeable_ranks
+from solutions import ch01
 
 
 def test_exercise_1_1_window_counts():

@@ -1,19 +1,12 @@
 """The chapter 3 exercise solutions (solutions/ch03.py) give the stated answers, checked with real numbers."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # solutions/ is a folder next to the packages, not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from gpt import GPTConfig, GPTModel, count_parameters  # noqa: E402
-from gpt.attention import MultiHeadAttention  # noqa: E402
-from gpt.config import PRESETS  # noqa: E402
-from solutions import ch03  # noqa: E402
+from gpt import GPTConfig, GPTModel, count_parameters
+from gpt.attention import MultiHeadAttention
+from gpt.config import PRESETS
+from solutions import ch03
 
 
 def meta_count(cfg):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _scripts import load_script
+from importlib import import_module
 
 from solutions import ch05
 
@@ -74,7 +74,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ch05")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        results = load_script("ch05_low_rank").main(["--quick", "--out", str(out), "--threads", "1"])
+        results = import_module("scripts.ch05_low_rank").main(["--quick", "--out", str(out), "--threads", "1"])
     return results, stdout.getvalue(), out
 
 
@@ -178,10 +178,12 @@ def test_script_energy_of_a_real_delta_w(quick_run):
     (["--quick", "--model", "no/such/base"], "base model 'no/such/base' not found"),
 ])
 def test_script_refuses_bad_arguments_in_one_line(argv, message, tmp_path, capsys):
-    script = load_script("ch05_low_rank")
+    from common.cli import run_main
+
+    script = import_module("scripts.ch05_low_rank")
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        script.run_main(script.main, [*argv, "--out", str(out)])
+        run_main(script.main, [*argv, "--out", str(out)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

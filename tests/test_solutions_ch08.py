@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from _scripts import load_script
+from importlib import import_module
 from solutions import ch08
 
 
@@ -55,7 +55,7 @@ def test_exercise_8_4_every_adapter_asked_and_the_active_one_put_back():
 
 
 def test_script_quick_run_end_to_end(tmp_path):
-    script = load_script("ch08_adapters")
+    script = import_module("scripts.ch08_adapters")
     results = script.main(["--quick", "--out", str(tmp_path), "--threads", "1", "--no-progress"], log=lambda s: None)
     for name in ("08_file_sizes.png", "08_training_curves.png", "08_latency.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 1_000, name
@@ -85,7 +85,7 @@ def test_script_quick_run_end_to_end(tmp_path):
 
 
 def test_script_rejects_a_missing_base(tmp_path):
-    script = load_script("ch08_adapters")
+    script = import_module("scripts.ch08_adapters")
     with pytest.raises(FileNotFoundError, match="not found"):
         script.main(["--model", str(tmp_path / "nothing-here"), "--out", str(tmp_path)], log=lambda s: None)
 

@@ -28,12 +28,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from scripts import make_student_release
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 SCRIPT = ROOT / "scripts" / "make_student_release.py"
-sys.path.insert(0, str(SCRIPT.parent))
-import make_student_release  # noqa: E402
 CHECKS = sorted((ROOT / "notebooks" / "checks").glob("ch[0-9][0-9]/ex*.py"))
 TEXT_SUFFIXES = {".py", ".ipynb", ".md", ".txt", ".json", ".toml", ".cfg", ".sh", ".yml", ".yaml", ".csv", ""}
 

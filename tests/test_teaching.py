@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks import notebook_times
 
-from benchmarks import notebook_times  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TEACHING = ROOT / "TEACHING.md"
 RESULTS = ROOT / "results" / "notebook_times.json"
@@ -35,7 +32,7 @@ def times_block(text: str) -> str:
 
 
 @pytest.mark.skipif(not RESULTS.exists(), reason="results/notebook_times.json does not exist yet: "
-                                                 "run python benchmarks/notebook_times.py --teaching")
+                                                 "run python -m benchmarks.notebook_times --teaching")
 def test_teaching_run_times_equal_the_results_file():
     results = json.loads(RESULTS.read_text(encoding="utf-8"))
     assert times_block(TEACHING.read_text(encoding="utf-8")) == notebook_times.teaching_table(results)

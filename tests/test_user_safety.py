@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _scripts import load_script
+from importlib import import_module
 
 from common.cli import run_main
 from common.files import folder_lock
@@ -34,22 +34,22 @@ TINY = ["--model", "random:gpt-tiny", "--epochs", "1", "--max-steps", "2", "--ev
 
 @pytest.fixture(scope="module")
 def finetune_spam():
-    return load_script("finetune_spam")
+    return import_module("scripts.finetune_spam")
 
 
 @pytest.fixture(scope="module")
 def predict():
-    return load_script("predict")
+    return import_module("scripts.predict")
 
 
 @pytest.fixture(scope="module")
 def compare():
-    return load_script("compare_finetuning")
+    return import_module("scripts.compare_finetuning")
 
 
 @pytest.fixture(scope="module")
 def ch08():
-    return load_script("ch08_adapters")
+    return import_module("scripts.ch08_adapters")
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -82,7 +82,7 @@ def refused(capsys, main, argv, *needles, code=2) -> str:
 def real_run(tmp_path_factory):
     """A run saved as the main job saves it (not --quick): the user's work the tests must not harm."""
     out = tmp_path_factory.mktemp("real") / "spam-lora"
-    run_main(load_script("finetune_spam").main, [*TINY, "--out", str(out)])
+    run_main(import_module("scripts.finetune_spam").main, [*TINY, "--out", str(out)])
     return out
 
 
@@ -284,7 +284,7 @@ def head_run(tmp_path_factory):
     save_model(GPTModel(GPTConfig.from_preset("gpt-tiny")), folder / "base.safetensors")
     torch.manual_seed(2)
     save_model(GPTModel(GPTConfig.from_preset("gpt-tiny")), folder / "other.safetensors")
-    run_main(load_script("finetune_spam").main,
+    run_main(import_module("scripts.finetune_spam").main,
              [*TINY, "--method", "head", "--model", str(folder / "base.safetensors"), "--out", str(folder / "run")])
     return folder
 
@@ -342,7 +342,7 @@ def test_device_that_does_not_exist(name, argv, tmp_path, capsys):
     out_flag = {"finetune_spam": ["--out", tmp_path / "o"], "ch08_adapters": ["--out", tmp_path / "o"],
                 "compare_finetuning": ["--results", tmp_path / "r", "--runs", tmp_path / "o"],
                 "predict": ["--adapter", tmp_path / "o"]}[name]
-    refused(capsys, load_script(name).main, [*argv, *out_flag], "cuda")
+    refused(capsys, import_module(f"scripts.{name}").main, [*argv, *out_flag], "cuda")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -355,6 +355,6 @@ def test_device_that_does_not_exist(name, argv, tmp_path, capsys):
     ("ch08_adapters", ["--repeats", "0"], "--repeats"),
 ])
 def test_bad_flag_value_is_one_line(name, argv, needle, tmp_path, capsys):
-    refused(capsys, load_script(name).main, [*argv, "--out" if name != "compare_finetuning" else "--runs",
+    refused(capsys, import_module(f"scripts.{name}").main, [*argv, "--out" if name != "compare_finetuning" else "--runs",
                                              tmp_path / "o"], needle)
     assert list(tmp_path.iterdir()) == []
