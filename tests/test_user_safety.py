@@ -235,6 +235,8 @@ def test_ctrl_c_while_training_leaves_the_previous_run_whole(user_run):
     (["--lr", "0"], "--lr"),
     (["--lr", "nan"], "--lr"),
     (["--rank", "0"], "--rank"),
+    (["--alpha", "0"], "--alpha 0 makes the LoRA update"),  # scale alpha/r = 0: B A would change nothing
+    (["--alpha", "-1"], "--alpha"),
     (["--warmup-steps", "-1"], "--warmup-steps"),
     (["--prefix-weight", "-1"], "--prefix-weight"),
     (["--eval-every", "-5"], "--eval-every"),
@@ -244,6 +246,18 @@ def test_run_that_would_train_nothing_or_backwards_is_refused(finetune_spam, tmp
     out = tmp_path / "run"
     refused(capsys, finetune_spam.main, [*TINY, *flags, "--out", out], needle)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_finetune_config_checks_the_lora_settings_before_any_data(monkeypatch):
+    """Through the API too (not only the command line's choices): a bad scaling or alpha 0 is a ValueError
+    when the FinetuneConfig is made, before spam_splits reads a byte."""
+    import classify.finetune as job
+
+    monkeypatch.setattr(job, "spam_splits", lambda *a, **k: pytest.fail("data read before the settings were checked"))
+    for bad, needle in ((dict(scaling="alpha/2"), "--scaling must be one of"), (dict(alpha=0), "--alpha 0"),
+                        (dict(alpha=-1.0), "--alpha must be"), (dict(train_head="no"), "train_head")):
+        with pytest.raises(ValueError, match=needle):
+            job.FinetuneConfig.quick_run(**bad)
 
 
 def test_train_classifier_refuses_no_clipping_and_an_empty_loader():
