@@ -186,6 +186,11 @@ def test_every_chapter_page_has_its_code_box_and_its_notebook_to_download(site_d
         assert link, f"{chapter}: no download link to its .ipynb"
         downloaded = (site_dir / "notebooks" / link.group(1)).resolve()
         assert downloaded.read_bytes() == (ROOT / "notebooks" / f"{chapter}.ipynb").read_bytes()
+    # next/previous at the foot of each chapter, in the chapters' order
+    for before, chapter, after in zip(CHAPTERS, CHAPTERS[1:], CHAPTERS[2:]):
+        footer = (site_dir / "notebooks" / f"{chapter}.html").read_text(encoding="utf-8").split('class="prev-next-area"')[1]
+        assert re.search(rf'class="left-prev"\s+href="{before}.html"', footer), chapter
+        assert re.search(rf'class="right-next"\s+href="{after}.html"', footer), chapter
     six = (site_dir / "notebooks" / f"{CHAPTERS[5]}.html").read_text(encoding="utf-8")
     assert 'href="../docs/_generated/scripts/ch06_lora_layers.html"' in six
     assert 'href="../docs/api/lora.html#lora.merge_lora"' in six
