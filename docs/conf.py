@@ -1,6 +1,6 @@
 """Sphinx configuration of the course website (MyST-NB + sphinx-book-theme), built offline.
 
-    .venv/bin/python -m sphinx -W --keep-going -b html -c docs . docs/_build/html
+    .venv/bin/python -m sphinx -W --keep-going -q -b html -c docs -d docs/_build/doctrees . docs/_build/html
     .venv/bin/python -m http.server -d docs/_build/html 8000
 
 The source folder is the repository root, so README.md, TEACHING.md, the notebooks and the other READMEs are
