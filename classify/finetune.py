@@ -43,7 +43,7 @@ from gpt.device import peak_memory_mib, pick_device, reset_peak_memory
 from gpt.distributed import cleanup, get_world_size, init_distributed, is_main_process, shard_loader, unwrap, wrap_model
 from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
 from gpt.train import learning_rate
-from lora.config import SCALINGS
+from lora.config import SCALINGS, LoraConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("lora", *TRAINABLE_CHOICES)  # lora, full, last-block, head
@@ -72,19 +72,24 @@ class FinetuneConfig:
     download: bool = False  # fetch gpt2-* into the cache if missing
     method: str = "lora"  # lora | full | last-block | head
     attention: str = "separate"  # separate W_query/W_key/W_value or one fused qkv
-    rank: int = 16  # LoRA r
-    alpha: float = 16.0  # LoRA alpha
-    scaling: str = "alpha/r"  # alpha/r | alpha/sqrt(r) | alpha
+    rank: int = LoraConfig.rank  # LoRA r, alpha, scaling and dropout: LoraConfig's defaults (the book's 16, 16)
+    alpha: float = LoraConfig.alpha
+    scaling: str = LoraConfig.scaling  # alpha/r | alpha/sqrt(r) | alpha
+    # every linear layer (the book's appendix E); LoraConfig's own default is the LoRA paper's query + value,
+    # the smallest sensible set for a library call that names no targets
     targets: tuple[str, ...] = ("all-linear",)
     train_head: bool = True  # LoRA: train the new head too (modules_to_save); False leaves it frozen at its random
     # init, chapter 9's mistake "the new head left frozen" (only the LoRA matrices train)
-    lora_dropout: float = 0.0
+    lora_dropout: float = LoraConfig.dropout
     drop_rate: float = 0.0  # the base's dropout while fine-tuning
     lr: float = 8e-4
     weight_decay: float = 0.1
     schedule: str = "cosine"  # cosine (after warm-up) | constant (the book)
     warmup_steps: int = 20
-    prefix_weight: float = 1.0  # weight of the loss at every token (0: the book's loss)
+    # weight of the loss at every token: 1, the recipe (scripts/finetune_spam.py says why); the library functions
+    # (classify.train.batch_loss, train_classifier, classify.tasks.train_on_task) default to 0, the book's loss,
+    # so that a call written as the book writes it trains as the book does
+    prefix_weight: float = 1.0
     grad_clip: float | None = None  # max gradient norm; None: no clipping (the book)
     epochs: int = 3
     max_steps: int | None = None
@@ -276,7 +281,7 @@ def parse_finetune_args(argv=None, parser: argparse.ArgumentParser | None = None
 def build_classifier(cfg: FinetuneConfig, device="cpu"):
     """The base with a 2-class head, prepared for cfg.method, on `device`.
     Returns (model, LoraConfig or None, fingerprint of the base weights as loaded)."""
-    from lora import LoraConfig, apply_lora, base_fingerprint
+    from lora import apply_lora, base_fingerprint
 
     model = load_base(cfg.model, attention=cfg.attention, drop_rate=cfg.drop_rate, seed=cfg.seed, download=cfg.download)
     fingerprint = base_fingerprint(model)  # saved with the classifier and checked when it is loaded

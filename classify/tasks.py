@@ -95,7 +95,8 @@ def train_on_task(model: nn.Module, task: Task, epochs: int, *, lr: float = 8e-4
                   prefix_weight: float = 0.0, bf16: bool | None = None, progress: bool = True,
                   log=print) -> ClassifierHistory:
     """Train the parameters of `model` that require gradients on `task`: AdamW at a constant rate, batches of
-    task.batch_size, validation every eval_every steps (classify.train.train_classifier). Returns the history."""
+    task.batch_size, validation every eval_every steps (classify.train.train_classifier). Returns the history.
+    prefix_weight: 0 (the default) is the book's loss, as in train_classifier; PREFIX_WEIGHT gives each task's."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("nothing to train: no parameter of the model requires gradients")

@@ -49,6 +49,12 @@ def batch_loss_terms(model, batch, device, bf16: bool | None = None, prefix: boo
     return last, prefix_loss, correct, labels.numel()
 
 
+def training_loss(last: torch.Tensor, prefix_loss: torch.Tensor | None, prefix_weight: float) -> torch.Tensor:
+    """The loss trained on, from batch_loss_terms' two terms: last + prefix_weight * prefix_loss (scalar, nats
+    per message); with prefix_weight 0 the last-token loss alone (the book's), prefix_loss may then be None."""
+    return last + prefix_weight * prefix_loss if prefix_weight else last
+
+
 def batch_loss(model, batch, device, bf16: bool | None = None, prefix_weight: float = 0.0):
     """One batch -> (loss (scalar tensor), number correct, batch size).
 
@@ -58,13 +64,13 @@ def batch_loss(model, batch, device, bf16: bool | None = None, prefix_weight: fl
     averaged over each message's tokens: with causal attention the output at token t is the
     classification of the message cut after t, so this trains on all the prefixes of every message
     at no extra forward cost. Why: in the SMS data spam is long and ham is often short, and a classifier
-    trained on whole messages only learns "short means ham" (scripts/finetune_spam.py uses prefix_weight 1;
-    this function's default, 0, is the book's loss).
+    trained on whole messages only learns "short means ham" (the main job, classify.finetune.FinetuneConfig,
+    uses prefix_weight 1; the default here and in train_classifier, 0, is the book's loss, so that a call written
+    as the book writes it trains as the book does).
     Accuracy is always counted at the last real token.
     """
     last, prefix_loss, correct, n = batch_loss_terms(model, batch, device, bf16, prefix=bool(prefix_weight))
-    loss = last + prefix_weight * prefix_loss if prefix_weight else last
-    return loss, correct, n
+    return training_loss(last, prefix_loss, prefix_weight), correct, n
 
 
 @torch.no_grad()
@@ -154,7 +160,8 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
     to float rounding (tests/test_classify_train.py), at the activation memory of a micro-batch: a
     small machine can use the batch size a result needs. Steps, eval_every and max_steps still
     count optimizer steps (= loader batches).
-    prefix_weight: also train on every prefix of each message (see batch_loss); 0 = the book's loss.
+    prefix_weight: also train on every prefix of each message (see batch_loss); 0 (the default) = the book's
+    loss, the main job passes 1 (FinetuneConfig.prefix_weight).
     grad_clip: clip the gradient norm to this positive number (None: no clipping, the book).
     Raises FloatingPointError when the loss stops being finite, ValueError for settings that would
     train nothing (no epochs, no batches, no steps) or not as asked (a clip norm <= 0).
@@ -227,7 +234,7 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
                 with sync_gradients(model, last):
                     # Both terms are computed (and logged) whatever prefix_weight is: the same forward pass.
                     last, prefix_loss, correct, b = batch_loss_terms(model, micro_batch, device, bf16)
-                    loss = last + prefix_weight * prefix_loss if prefix_weight else last
+                    loss = training_loss(last, prefix_loss, prefix_weight)
                     value = loss.item()
                     if not math.isfinite(value):
                         raise FloatingPointError(
@@ -284,4 +291,5 @@ def plot_history(history: ClassifierHistory | dict, path: str | Path, title: str
     return save_figure(fig, path)
 
 
-__all__ = ["ClassifierHistory", "batch_loss", "batch_loss_terms", "evaluate", "split_batch", "train_classifier", "plot_history"]
+__all__ = ["ClassifierHistory", "batch_loss", "batch_loss_terms", "evaluate", "split_batch", "train_classifier",
+           "training_loss", "plot_history"]

@@ -142,7 +142,9 @@ def _as_tuple(value, field: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    rank: int = 8  # r: inner dimension of A (d_in x r) and B (r x d_out)
+    # rank and alpha: the book's appendix E recipe (r = 16, alpha = 16, so alpha/r = 1), which is also the main
+    # job's (classify.finetune.FinetuneConfig takes these defaults from here: one default per setting)
+    rank: int = 16  # r: inner dimension of A (d_in x r) and B (r x d_out)
     alpha: float = 16.0  # strength of the update; see SCALINGS for how it is combined with r
     dropout: float = 0.0  # dropout on the LoRA branch's input (PEFT: lora_dropout)
     targets: tuple[str, ...] = ("query", "value")  # aliases or module-name suffixes (PEFT: target_modules)
