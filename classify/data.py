@@ -36,6 +36,10 @@ class Example:
 def read_labelled_tsv(path: str | Path, labels: dict[str, int], label_column: int) -> list[Example]:
     """Read `label<TAB>text` (label_column=0) or `text<TAB>label` (label_column=1) lines."""
     path = Path(path)
+    layout = "label<TAB>text" if label_column == 0 else "text<TAB>label"
+    if path.is_dir():
+        raise IsADirectoryError(f"data file {path} is a folder: give the file itself, one {layout} line per "
+                                f"example, UTF-8" + (" (e.g. data/sms_spam/SMSSpamCollection)" if label_column == 0 else ""))
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     examples = []

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from classify.model import add_classification_head, predict_texts
@@ -37,12 +38,40 @@ CLASSIFIER_FILE = "classifier.json"
 WEIGHTS_FILE = "classifier.safetensors"  # trained weights for the non-LoRA methods
 # classifier.json keys load_classifier needs (others are informative)
 REQUIRED_KEYS = ("format", "base", "base_seed", "attention", "method", "labels", "max_length", "weights")
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# Each required field's test and what it should hold: a field edited by hand is named, not met later
+# as "invalid literal for int()".
+FIELD_CHECKS = {
+    "base": (lambda v: isinstance(v, str) and v != "", "a model name or path"),
+    "base_seed": (_whole, "a whole number"),
+    "attention": (lambda v: isinstance(v, str), "'separate' or 'fused'"),
+    "method": (lambda v: isinstance(v, str), "a method name such as 'lora' or 'head'"),
+    "labels": (lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(x, str) for x in v),
+               "a list of at least 2 label names"),
+    "max_length": (lambda v: _whole(v) and v > 0, "a whole number of tokens > 0"),
+    "weights": (lambda v: isinstance(v, str) and v != "", "a file name"),
+}
 MIN_FREE_BYTES = 20 * 2**20  # what a LoRA or head-only run writes, with margin: adapter, history, curves
 
 
 def free_bytes(path: Path) -> int:
     """Free space (bytes) on the file system that holds `path` (an existing folder)."""
     return shutil.disk_usage(path).free
+
+
+def writable(folder: Path) -> bool:
+    """Whether a file can be created in `folder` (an existing folder), tried rather than guessed: os.access
+    says yes to root on a read-only mount. The probe file is removed at once."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-test-"):
+            return True
+    except OSError:
+        return False
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -90,6 +119,8 @@ def check_out_folder(out: str | Path, quick: bool = False, needed_bytes: int = M
     parent = _existing_ancestor(out.parent)
     if not parent.is_dir():
         raise UserError(f"--out {out}: {parent} is a file, not a folder")
+    if not writable(parent):  # before the free space: a read-only disk reports 0 bytes free
+        raise UserError(f"--out {out}: {parent} is read-only or not writable by you: choose a folder you can write")
     free = free_bytes(parent)
     if free < needed_bytes:
         raise UserError(f"--out {out}: only {free / 2**20:.1f} MB free on its disk, the run writes about "
@@ -180,6 +211,10 @@ def read_classifier_info(folder: str | Path) -> dict:
     if missing:
         raise ValueError(f"{path} lacks {', '.join(repr(k) for k in missing)}; the file was edited or damaged: "
                          f"re-run scripts/finetune_spam.py to write it again")
+    for key, (ok, expected) in FIELD_CHECKS.items():
+        if not ok(info[key]):
+            raise ValueError(f"{path}: field {key!r} is {info[key]!r}, expected {expected}; the file was edited or "
+                             f"damaged: re-run scripts/finetune_spam.py to write it again")
     return info
 
 

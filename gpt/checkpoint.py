@@ -108,4 +108,32 @@ def load_training_state(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # an UnpicklingError for disallowed globals, RuntimeError for truncation
-        raise ValueError(f"cannot load training state {path}: {err}") from err
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot load training state {path} (truncated or corrupt: {first_line}); start the run "
+                         f"afresh with --no-resume (it replaces the file), or delete the file") from err
+
+
+def describe_size(state_dict: dict) -> str:
+    """A GPT state dict's size in the config's words, e.g. 'emb_dim=32, n_layers=2, context_length=64'."""
+    blocks = {k.split(".")[1] for k in state_dict if k.startswith("trf_blocks.")}
+    parts = []
+    if "tok_emb.weight" in state_dict:
+        parts.append(f"emb_dim={state_dict['tok_emb.weight'].shape[1]}")
+    parts.append(f"n_layers={len(blocks)}")
+    if "pos_emb.weight" in state_dict:
+        parts.append(f"context_length={state_dict['pos_emb.weight'].shape[0]}")
+    return ", ".join(parts)
+
+
+def check_same_size(state_dict: dict, model: torch.nn.Module, path: str | Path) -> None:
+    """ValueError (one line) when the weights saved in `path` (a training state) do not fit `model`:
+    a run folder left by another model size. The message names both sizes and what to do."""
+    mine = model.state_dict()
+    differ = sorted(set(mine) ^ set(state_dict)) or [k for k in mine if mine[k].shape != state_dict[k].shape]
+    if not differ:
+        return
+    saved, this = describe_size(state_dict), describe_size(mine)
+    if saved == this:  # same sizes, other layout (e.g. qkv_bias, fused attention): name a tensor instead
+        saved, this = f"{saved}; {differ[0]} differs", this
+    raise ValueError(f"{path} was saved by a model of another size ({saved}) than this run's ({this}); pass "
+                     f"--no-resume to start this model afresh (it replaces that file), or choose another --out")

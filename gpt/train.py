@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from gpt.checkpoint import load_training_state, save_model, save_training_state
+from gpt.checkpoint import check_same_size, load_training_state, save_model, save_training_state
 from gpt.device import autocast
 from gpt.distributed import (all_gather_tensor, all_reduce_mean, all_reduce_sum, barrier, get_rank, get_world_size,
                              shard, sync_gradients, wrap_model)
@@ -163,6 +163,7 @@ def pretrain(model, train_data: Dataset, val_data: Dataset, cfg: PretrainConfig,
     history, step = History(), 0
     if resume and state_path.exists():
         state = load_training_state(state_path)
+        check_same_size(state["model"], model, state_path)  # another model size: one line, not a traceback
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _restore_rng(state, device, cfg.seed, step=int(state["step"]))

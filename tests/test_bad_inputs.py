@@ -376,3 +376,44 @@ def test_script_with_a_device_that_does_not_exist_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         main(["--quick", "--device", "gpu0", "--out", str(tmp_path / "run")])
     assert files_in(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- setup.sh without the PyTorch index
+
+def _probe_torch_index(url: str):
+    """setup.sh's probe alone (--check-torch-index): the line it prints and what it would install."""
+    import subprocess
+    import sys
+
+    return subprocess.run(["bash", str(ROOT / "setup.sh"), "--check-torch-index"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "TORCH_INDEX_URL": url, "PYTHON": sys.executable})
+
+
+def test_setup_falls_back_to_pypi_in_one_line_when_the_torch_index_is_unreachable():
+    import time
+
+    t0 = time.perf_counter()
+    done = _probe_torch_index("http://127.0.0.1:9/whl/cpu")  # port 9 (discard) is closed: refused at once
+    seconds = time.perf_counter() - t0
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "http://127.0.0.1:9/whl/cpu" in lines[0] and "torch==2.13.0 from PyPI" in lines[0], lines[0]
+    assert seconds < 20  # one 5-second probe at most, not pip's retries
+
+
+def test_setup_uses_the_torch_index_when_it_answers(tmp_path):
+    import http.server
+    import threading
+
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "index.html").write_text("<html></html>")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = _probe_torch_index(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"torch==2.13.0 from http://127.0.0.1:{server.server_port}", done.stdout

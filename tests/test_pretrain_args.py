@@ -44,3 +44,43 @@ def test_pretrain_max_steps_zero_is_one_line_and_exit_code_2(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("error: --max-steps must be at least 1, got 0") and done.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- what --out already holds
+
+def _refused_in_one_line(capsys, argv) -> str:
+    from common.cli import run_main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_main(import_module("scripts.pretrain").main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_resume_from_another_model_size_is_one_line_naming_both_sizes(tmp_path, capsys):
+    from gpt import GPTConfig, GPTModel
+    from gpt.checkpoint import save_training_state
+
+    state = tmp_path / "run" / "train_state.pt"  # left by a 1-layer run; --quick builds gpt-tiny's 2 layers
+    other = GPTModel(GPTConfig.from_preset("gpt-tiny", n_layers=1, emb_dim=64))
+    save_training_state(state, model=other.state_dict(), optimizer={}, step=3, history={}, config={})
+    before = state.read_bytes()
+    line = _refused_in_one_line(capsys, ["--quick", "--max-steps", "2", "--out", tmp_path / "run"])
+    for needle in (str(state), "emb_dim=64, n_layers=1", "emb_dim=32, n_layers=2", "--no-resume"):
+        assert needle in line, (needle, line)
+    assert "size mismatch" not in line
+    assert state.read_bytes() == before and sorted(p.name for p in state.parent.iterdir()) == ["train_state.pt"]
+
+
+def test_corrupt_training_state_says_what_to_do(tmp_path, capsys):
+    state = tmp_path / "run" / "train_state.pt"
+    state.parent.mkdir()
+    state.write_bytes(b"PK\x03\x04 not a torch file")
+    line = _refused_in_one_line(capsys, ["--quick", "--max-steps", "2", "--out", tmp_path / "run"])
+    for needle in (str(state), "--no-resume", "delete"):
+        assert needle in line, (needle, line)
+    assert state.read_bytes() == b"PK\x03\x04 not a torch file"

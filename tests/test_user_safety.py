@@ -372,3 +372,35 @@ def test_bad_flag_value_is_one_line(name, argv, needle, tmp_path, capsys):
     refused(capsys, import_module(f"scripts.{name}").main, [*argv, "--out" if name != "compare_finetuning" else "--runs",
                                              tmp_path / "o"], needle)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- the last rough edges
+
+def test_classifier_json_with_a_malformed_field_names_the_file_and_the_field(predict, head_run, tmp_path, capsys):
+    def spoil(f):
+        info = json.loads((f / "classifier.json").read_text())
+        info["max_length"] = "lots"
+        (f / "classifier.json").write_text(json.dumps(info))
+
+    folder = _broken_copy(head_run, tmp_path, spoil)
+    line = refused(capsys, predict.main, ["--adapter", folder, "hello"], "classifier.json", "max_length", "'lots'")
+    assert "invalid literal" not in line
+
+
+def test_data_that_is_a_folder_says_so_and_names_the_file_expected(finetune_spam, tmp_path, capsys):
+    folder = tmp_path / "sms_spam"
+    folder.mkdir()
+    line = refused(capsys, finetune_spam.main, [*TINY, "--data", folder, "--out", tmp_path / "run"],
+                   str(folder), "is a folder", "label<TAB>text")
+    assert "not found" not in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_read_only_disk_is_called_read_only_not_full(finetune_spam, tmp_path, capsys, monkeypatch):
+    import classify.saved
+
+    monkeypatch.setattr(classify.saved, "free_bytes", lambda path: 0)  # what a read-only file system reports
+    out = _unwritable(tmp_path)
+    line = refused(capsys, finetune_spam.main, [*TINY, "--data", tmp_path / "missing.tsv", "--out", out],
+                   str(out), "not writable")
+    assert "free" not in line
