@@ -22,25 +22,42 @@ Costs against plain LoRA: d_out more trained numbers per layer, and every forwar
 the (d_out, d_in) matrix W + s (A B)^T to take its norm (weight-sized work, independent of
 the batch). Merged for inference, a DoRA layer is a plain nn.Linear like merged LoRA.
 
+Equal to PEFT's DoRA (peft.LoraConfig(use_dora=True), tuners/lora/dora.py `DoraLinearLayer`): the
+magnitude is called `lora_magnitude_vector` as there, the norm is detached the same way, and the
+scale is the LoRA scale of the config (alpha / r, or alpha / sqrt(r) for rsLoRA).
+`export_peft_dora` / `import_peft_dora` write and read PEFT's files (its LoRA keys plus
+`<module>.lora_magnitude_vector` (d_out,), use_dora=true in adapter_config.json); logits equal
+PEFT's both ways within 1e-5 on transformers' GPT-2 (tests/test_dora_peft.py).
+
 Reference implementation: https://github.com/huggingface/peft (tuners/lora/dora.py,
 `DoraLinearLayer`); https://github.com/NVlabs/DoRA.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+from pathlib import Path
+
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from torch import nn
 
+from common.files import atomic_write_bytes
 from lora.apply import as_config
 from lora.config import LoraConfig, validate_rank
 from lora.layers import LoRALayer
 from lora.modules_to_save import ModulesToSaveWrapper
+from lora.peft_format import PEFT_CONFIG, PEFT_PREFIX, PEFT_WEIGHTS
 from lora.targets import resolve_targets, set_submodule
 
 
 class LinearWithDoRA(nn.Module):
-    """A frozen nn.Linear with a DoRA update: trained `magnitude` (d_out,), `lora.lora_A`
-    (d_in, r) and `lora.lora_B` (r, d_out). Parameters: r * (d_in + d_out) + d_out."""
+    """A frozen nn.Linear with a DoRA update: trained `lora_magnitude_vector` (d_out,) (PEFT's name;
+    `magnitude` is the same parameter), `lora.lora_A` (d_in, r) and `lora.lora_B` (r, d_out).
+    Parameters: r * (d_in + d_out) + d_out."""
 
     def __init__(self, linear: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, scaling: str = "alpha/r"):
         super().__init__()
@@ -54,7 +71,12 @@ class LinearWithDoRA(nn.Module):
         self.lora = LoRALayer(linear.in_features, linear.out_features, rank, alpha, dropout, scaling,
                               device=weight.device, dtype=dtype)
         # m = ||W|| per output feature: with B = 0 the layer starts as exactly the base layer.
-        self.magnitude = nn.Parameter(weight.detach().to(dtype).norm(p=2, dim=1))  # (d_out,)
+        self.lora_magnitude_vector = nn.Parameter(weight.detach().to(dtype).norm(p=2, dim=1))  # (d_out,)
+
+    @property
+    def magnitude(self) -> nn.Parameter:
+        """m, (d_out,): the paper's name for lora_magnitude_vector."""
+        return self.lora_magnitude_vector
 
     def adapted_weight(self) -> torch.Tensor:
         """W + s * (A B)^T, (d_out, d_in): the direction before normalising."""
@@ -132,4 +154,103 @@ def dora_parameter_count(d_in: int, d_out: int, rank: int) -> int:
     return rank * (d_in + d_out) + d_out
 
 
-__all__ = ["LinearWithDoRA", "apply_dora", "merge_dora", "dora_parameter_count"]
+def dora_layers(model: nn.Module) -> list[tuple[str, LinearWithDoRA]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LinearWithDoRA)]
+
+
+def export_peft_dora(model: nn.Module, out_dir: str | os.PathLike, module_names: dict,
+                     base_model_name_or_path: str | None = None) -> Path:
+    """Write the model's DoRA layers in PEFT's format (a LoRA adapter with use_dora=true).
+
+    module_names: {their module name: our module name} (gpt.weights.gpt2_module_names(cfg) for
+    transformers' GPT-2 with attention="fused", where each of our layers is one of theirs).
+    Keys per layer: lora_A.weight (r, d_in), lora_B.weight (d_out, r), lora_magnitude_vector (d_out,).
+    """
+    layers = dora_layers(model)
+    if not layers:
+        raise ValueError("this model has no DoRA layers to export; apply_dora first")
+    theirs = {ours: hf for hf, ours in module_names.items() if isinstance(ours, str)}
+    tensors, ranks, scales = {}, set(), set()
+    for name, layer in layers:
+        if name not in theirs:
+            raise ValueError(f"cannot export DoRA on {name!r}: module_names has no single module for it (DoRA "
+                             f"normalises whole rows of one weight; use attention='fused' for GPT-2's c_attn)")
+        hf, branch = PEFT_PREFIX + theirs[name], layer.lora
+        tensors[f"{hf}.lora_A.weight"] = branch.lora_A.detach().T.contiguous().cpu().float()  # (r, d_in)
+        tensors[f"{hf}.lora_B.weight"] = branch.lora_B.detach().T.contiguous().cpu().float()  # (d_out, r)
+        tensors[f"{hf}.lora_magnitude_vector"] = layer.lora_magnitude_vector.detach().cpu().float()  # (d_out,)
+        ranks.add(branch.rank)
+        scales.add(branch.scale)
+    if len(ranks) != 1 or len(scales) != 1:
+        raise ValueError(f"DoRA layers with different ranks {sorted(ranks)} or scales {sorted(scales)} cannot be "
+                         f"exported as one PEFT config")
+    r, scale = ranks.pop(), scales.pop()
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+        "r": r, "lora_alpha": scale * r,  # PEFT's scale is lora_alpha / r: ours folded in, whatever our scaling
+        "lora_dropout": layers[0][1].lora.dropout.p if isinstance(layers[0][1].lora.dropout, nn.Dropout) else 0.0,
+        "target_modules": sorted(theirs[n] for n, _ in layers), "rank_pattern": {}, "alpha_pattern": {},
+        "fan_in_fan_out": True, "bias": "none", "use_rslora": False, "use_dora": True,
+        "init_lora_weights": True, "modules_to_save": None, "inference_mode": True,
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / PEFT_WEIGHTS, save(tensors, metadata={"format": "pt"}))
+    atomic_write_bytes(out_dir / PEFT_CONFIG, (json.dumps(config, indent=2) + "\n").encode())
+    return out_dir
+
+
+def import_peft_dora(model: nn.Module, path: str | os.PathLike, module_names: dict) -> nn.Module:
+    """Load a PEFT DoRA adapter (LoRA with use_dora=true, the folder save_pretrained wrote) as DoRA layers
+    (apply_dora, then PEFT's factors and magnitudes copied in). Every parameter ends up frozen."""
+    folder = Path(path)
+    try:
+        config = json.loads((folder / PEFT_CONFIG).read_text())
+        tensors = load((folder / PEFT_WEIGHTS).read_bytes())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no PEFT adapter at {folder}: {PEFT_CONFIG} and {PEFT_WEIGHTS} are needed "
+                                f"({e.filename} is missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError) as e:
+        raise ValueError(f"{folder}: unreadable PEFT adapter ({e})") from None
+    if config.get("peft_type") != "LORA" or not config.get("use_dora"):
+        raise ValueError(f"{folder / PEFT_CONFIG}: not a DoRA adapter (peft_type LORA with use_dora=true); "
+                         f"plain LoRA adapters load with lora.import_peft_adapter")
+    for key in ("rank_pattern", "alpha_pattern", "modules_to_save", "layer_replication"):
+        if config.get(key):
+            raise ValueError(f"{folder / PEFT_CONFIG}: {key}={config[key]!r} is not supported by this DoRA import")
+    if config.get("bias", "none") != "none":
+        raise ValueError(f"{folder / PEFT_CONFIG}: bias={config['bias']!r} is not supported (only 'none')")
+    r, lora_alpha = config.get("r", 8), config.get("lora_alpha", 8)
+    scale = lora_alpha / math.sqrt(r) if config.get("use_rslora") else lora_alpha / r
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        k = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        for suffix, slot in ((".lora_A.weight", "A"), (".lora_B.weight", "B"), (".lora_magnitude_vector", "m")):
+            if k.endswith(suffix):
+                found.setdefault(k[: -len(suffix)], {})[slot] = t
+                break
+        else:
+            raise ValueError(f"{folder}: tensor {key!r} is not a DoRA factor (lora_A, lora_B, lora_magnitude_vector)")
+    ours = {}
+    for hf, parts in sorted(found.items()):
+        target = module_names.get(hf)
+        if not isinstance(target, str):
+            raise ValueError(f"{folder}: PEFT module {hf!r} has no single counterpart in module_names (for GPT-2's "
+                             f"c_attn load the model with attention='fused')")
+        if set(parts) != {"A", "B", "m"}:
+            raise ValueError(f"{folder}: {hf} lacks {sorted({'A', 'B', 'm'} - set(parts))}")
+        ours[target] = parts
+    apply_dora(model, LoraConfig(rank=r, alpha=scale * r, dropout=float(config.get("lora_dropout") or 0.0),
+                                 targets=tuple(sorted(ours))))
+    with torch.no_grad():
+        for name, parts in ours.items():
+            layer = model.get_submodule(name)
+            layer.lora.lora_A.copy_(parts["A"].T)  # (r, d_in) -> (d_in, r); shapes checked by copy_
+            layer.lora.lora_B.copy_(parts["B"].T)
+            layer.lora_magnitude_vector.copy_(parts["m"])
+    model.requires_grad_(False)
+    return model
+
+
+__all__ = ["LinearWithDoRA", "apply_dora", "merge_dora", "dora_parameter_count", "dora_layers",
+           "export_peft_dora", "import_peft_dora"]
