@@ -28,10 +28,10 @@ import sys
 import torch
 from torch import nn
 
-from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, setup, time_alternating,
-                               write_results)
+from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, quick_defaults, setup,
+                               time_alternating, write_results)
 from benchmarks.setups import NUM_CLASSES, random_batch, shape_config
-from common.cli import run_main
+from common.cli import parse_with_quick, run_main
 from classify.model import add_classification_head, class_logits
 from gpt.attention import MultiHeadAttention, _CausalSelfAttention, fuse_qkv
 from gpt.model import GPTModel, convert_attention
@@ -157,26 +157,25 @@ def level_table(res: dict) -> str:
     return markdown_table(["mode", "B vs A", "A (ms)", "B (ms)", "B / A"], rows)
 
 
+# --quick: a tiny smoke test (flags given explicitly still win)
+QUICK = quick_defaults(shape="gpt-tiny", batch_size=2, tokens=16, rank=4)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, repeats=7)
-    parser.add_argument("--shape", default=None, help="model shape; default gpt2-small (gpt-tiny with --quick)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 8 (2 with --quick)")
-    parser.add_argument("--tokens", type=int, default=None, help="default 120 (16 with --quick)")
+    parser.add_argument("--shape", default="gpt2-small", help="model shape (gpt-tiny with --quick)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per batch (2 with --quick)")
+    parser.add_argument("--tokens", type=int, default=120, help="tokens per sequence (16 with --quick)")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank for the LoRA mode")
     parser.add_argument("--levels", nargs="+", choices=("module", "model"), default=["module", "model"])
     return parser
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    device = setup(args, default_repeats=7)
-    args.shape = args.shape or ("gpt-tiny" if args.quick else "gpt2-small")
-    args.batch_size = args.batch_size or (2 if args.quick else 8)
-    args.tokens = args.tokens or (16 if args.quick else 120)
-    if args.quick:
-        args.rank = min(args.rank, 4)
+    args = parse_with_quick(build_parser(), QUICK, argv)
+    device = setup(args)
     cfg = shape_config(args.shape, n_layers=args.n_layers)
     machine = machine_info(device)
     results = {"shape": args.shape, "batch_size": args.batch_size, "tokens": args.tokens, "levels": {}}

@@ -21,9 +21,10 @@ import sys
 
 import torch
 
-from benchmarks.common import add_common_args, command_line, machine_info, markdown_table, setup, time_alternating, write_results
+from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, quick_defaults, setup,
+                               time_alternating, write_results)
 from benchmarks.setups import shape_config
-from common.cli import run_main
+from common.cli import parse_with_quick, run_main
 from gpt.generate import generate
 from gpt.model import GPTModel
 
@@ -31,23 +32,24 @@ NAME = "generate"
 MODULE = "benchmarks.bench_generate"
 
 
+# --quick: a tiny smoke test (flags given explicitly still win)
+QUICK = quick_defaults(shape="gpt-tiny", prompt_tokens=8, new_tokens=16)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, repeats=3)
-    parser.add_argument("--shape", default=None, help="model shape; default gpt2-small (gpt-tiny with --quick)")
-    parser.add_argument("--prompt-tokens", type=int, default=None, help="prompt length; default 16 (8 with --quick)")
-    parser.add_argument("--new-tokens", type=int, default=None, help="tokens to generate; default 48 (16 with --quick)")
+    parser.add_argument("--shape", default="gpt2-small", help="model shape (gpt-tiny with --quick)")
+    parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt length (8 with --quick)")
+    parser.add_argument("--new-tokens", type=int, default=48, help="tokens to generate (16 with --quick)")
     parser.add_argument("--batch-size", type=int, default=1, help="sequences generated at once")
     return parser
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    device = setup(args, default_repeats=3)
-    args.shape = args.shape or ("gpt-tiny" if args.quick else "gpt2-small")
-    args.prompt_tokens = args.prompt_tokens or (8 if args.quick else 16)
-    args.new_tokens = args.new_tokens or (16 if args.quick else 48)
+    args = parse_with_quick(build_parser(), QUICK, argv)
+    device = setup(args)
     cfg = shape_config(args.shape, n_layers=args.n_layers)
     if args.prompt_tokens + args.new_tokens > cfg.context_length:
         raise ValueError(f"--prompt-tokens {args.prompt_tokens} + --new-tokens {args.new_tokens} exceed the "

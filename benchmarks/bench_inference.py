@@ -27,10 +27,10 @@ import sys
 import torch
 from torch import nn
 
-from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, setup, time_alternating,
-                               write_results)
+from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, quick_defaults, setup,
+                               time_alternating, write_results)
 from benchmarks.setups import shape_config, sharing_copy
-from common.cli import run_main
+from common.cli import parse_with_quick, run_main
 from gpt.model import GPTModel
 from gpt.params import count_parameters
 from lora import LoraConfig, apply_lora, lora_modules, merge_lora
@@ -108,28 +108,26 @@ def check_merged(variants: dict, cfg, args, device) -> float:
     return float((a - b).abs().max())
 
 
+# --quick: a tiny smoke test (flags given explicitly still win)
+QUICK = quick_defaults(shape="gpt-tiny", batch_sizes=[1, 2], tokens=16, bottleneck=8)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, repeats=7)
-    parser.add_argument("--shape", default=None,
-                        help="model shape; default gpt2-medium, the paper's (gpt-tiny with --quick)")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="default 1 8 (1 2 with --quick)")
-    parser.add_argument("--tokens", type=int, default=None, help="tokens per sequence; default 128 (16 with --quick)")
+    parser.add_argument("--shape", default="gpt2-medium", help="model shape: the paper's (gpt-tiny with --quick)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8], help="batch sizes (1 2 with --quick)")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence (16 with --quick)")
     parser.add_argument("--rank", type=int, default=4, help="LoRA / DoRA rank (on query and value)")
-    parser.add_argument("--bottleneck", type=int, default=64, help="bottleneck adapter width m")
+    parser.add_argument("--bottleneck", type=int, default=64, help="bottleneck adapter width m (8 with --quick)")
     parser.add_argument("--prefix", type=int, default=10, help="prefix tuning: number of prefix tokens P")
     return parser
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    device = setup(args, default_repeats=7)
-    args.shape = args.shape or ("gpt-tiny" if args.quick else "gpt2-medium")
-    args.batch_sizes = args.batch_sizes or ([1, 2] if args.quick else [1, 8])
-    args.tokens = args.tokens or (16 if args.quick else 128)
-    if args.quick:
-        args.bottleneck = min(args.bottleneck, 8)
+    args = parse_with_quick(build_parser(), QUICK, argv)
+    device = setup(args)
     cfg = shape_config(args.shape, n_layers=args.n_layers)
     machine = machine_info(device)
     variants = {k: m.to(device) for k, m in build_variants(cfg, args).items()}

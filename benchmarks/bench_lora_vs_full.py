@@ -27,13 +27,13 @@ import argparse
 import json
 import sys
 
-from benchmarks.common import (add_common_args, command_line, current_rss_bytes, gflop, machine_info,
-                               markdown_table, mb, run_worker, setup, time_alternating, write_results)
+from benchmarks.common import (add_common_args, command_line, current_rss_bytes, gflop, machine_info, markdown_table,
+                               mb, quick_defaults, run_worker, setup, time_alternating, write_results)
 from benchmarks.flops import training_step_flops
 from benchmarks.profiling import profile_step
 from benchmarks.setups import (TrainStep, Variant, classifier, make_variant, random_batch, shape_config,
                                variant_models)
-from common.cli import run_main
+from common.cli import parse_with_quick, run_main
 from gpt.device import peak_memory_bytes, reset_peak_memory
 from gpt.params import count_parameters
 
@@ -46,26 +46,29 @@ DEFAULT_VARIANTS = ["full", "lora:4", "lora:16", "lora:64", "lora:16:query,value
 TARGET_TIME_RATIO, TARGET_MEMORY_RATIO = 0.5, 0.6
 
 
+# --quick: a tiny smoke test in seconds (flags given explicitly still win)
+QUICK = quick_defaults(shapes=["gpt-tiny"], variants=["full", "lora:4"], batch_size=2, tokens=16, profile=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, repeats=5)
-    parser.add_argument("--shapes", nargs="+", default=None,
-                        help="model shapes (benchmarks/setups.py SHAPES); default gpt2-small gpt-mini, "
-                             "gpt-tiny with --quick")
-    parser.add_argument("--variants", nargs="+", default=None,
-                        help=f"'full', 'lora:R' (all linear layers) or 'lora:R:query,value'; "
-                             f"default {DEFAULT_VARIANTS}")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 8 (2 with --quick)")
-    parser.add_argument("--tokens", type=int, default=None, help="tokens per message; default 120 (16 with --quick)")
+    parser.add_argument("--shapes", nargs="+", default=["gpt2-small", "gpt-mini"],
+                        help="model shapes (benchmarks/setups.py SHAPES; gpt-tiny with --quick)")
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+                        help="'full', 'lora:R' (all linear layers) or 'lora:R:query,value' "
+                             "(full and lora:4 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=8, help="messages per batch (2 with --quick)")
+    parser.add_argument("--tokens", type=int, default=120, help="tokens per message (16 with --quick)")
     parser.add_argument("--attention", choices=("separate", "fused"), default="separate",
                         help="QKV layout (bench_attention compares them)")
     parser.add_argument("--no-sdpa", action="store_true", help="explicit softmax attention instead of SDPA")
     parser.add_argument("--fused-adamw", action="store_true",
                         help="torch.optim.AdamW(fused=True) instead of torch's default implementation (the book's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
-                        help="profile full vs LoRA r=16 on the first shape (default: on, off with --quick)")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="profile full vs LoRA r=16 on the first shape (off with --quick)")
     # Internal: measure one variant's peak memory in this (fresh) process and print JSON.
     parser.add_argument("--worker", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
     return parser
@@ -251,18 +254,14 @@ def profile_section(profile: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = parse_with_quick(build_parser(), QUICK, argv)
     device = setup(args)
-    if args.batch_size is None:
-        args.batch_size = 2 if args.quick else 8
-    if args.tokens is None:
-        args.tokens = 16 if args.quick else 120
     if args.worker:
         print(json.dumps(memory_worker(args, device)))
         return {}
-    shapes = args.shapes or (["gpt-tiny"] if args.quick else ["gpt2-small", "gpt-mini"])
-    variants = [Variant.parse(v) for v in (args.variants or (["full", "lora:4"] if args.quick else DEFAULT_VARIANTS))]
-    profile = (not args.quick) if args.profile is None else args.profile
+    shapes = args.shapes
+    variants = [Variant.parse(v) for v in args.variants]
+    profile = args.profile
     machine = machine_info(device)
 
     results = {"shapes": [], "optimizer": "AdamW(fused=True)" if args.fused_adamw else "AdamW (torch's default)"}

@@ -25,12 +25,12 @@ import sys
 
 import torch
 
-from benchmarks.common import (add_common_args, command_line, gflop, machine_info, markdown_table, setup,
-                               time_alternating, write_results)
+from benchmarks.common import (add_common_args, command_line, gflop, machine_info, markdown_table, quick_defaults,
+                               setup, time_alternating, write_results)
 from benchmarks.flops import training_step_flops
 from benchmarks.profiling import MATMUL, profile_step
 from benchmarks.setups import TrainStep, Variant, classifier, random_batch, shape_config, variant_models
-from common.cli import run_main
+from common.cli import parse_with_quick, run_main
 
 NAME = "mfu"
 MODULE = "benchmarks.bench_mfu"
@@ -47,29 +47,28 @@ def matmul_case(m: int, k: int, n: int, device, seed: int):
     return (lambda: torch.mm(a, b)), 2 * m * k * n
 
 
+# --quick: a tiny smoke test (flags given explicitly still win)
+QUICK = quick_defaults(shape="gpt-tiny", variants=["lora:4", "full"], batch_size=2, tokens=16, square=256)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, repeats=5)
-    parser.add_argument("--shape", default=None, help="model shape; default gpt2-small (gpt-tiny with --quick)")
-    parser.add_argument("--variants", nargs="+", default=None,
-                        help="default: lora:16 and full ('lora:4' and 'full' with --quick)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 8 (2 with --quick)")
-    parser.add_argument("--tokens", type=int, default=None, help="default 120 (16 with --quick)")
-    parser.add_argument("--square", type=int, default=None, help="size of the square reference matmul; "
-                                                                 "default 2048 (256 with --quick)")
+    parser.add_argument("--shape", default="gpt2-small", help="model shape (gpt-tiny with --quick)")
+    parser.add_argument("--variants", nargs="+", default=["lora:16", "full"],
+                        help="'full' or 'lora:R' ('lora:4' and 'full' with --quick)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per batch (2 with --quick)")
+    parser.add_argument("--tokens", type=int, default=120, help="tokens per sequence (16 with --quick)")
+    parser.add_argument("--square", type=int, default=2048,
+                        help="size of the square reference matmul (256 with --quick)")
     return parser
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = parse_with_quick(build_parser(), QUICK, argv)
     device = setup(args)
-    args.shape = args.shape or ("gpt-tiny" if args.quick else "gpt2-small")
-    args.batch_size = args.batch_size or (2 if args.quick else 8)
-    args.tokens = args.tokens or (16 if args.quick else 120)
-    args.square = args.square or (256 if args.quick else 2048)
-    default = ["lora:4", "full"] if args.quick else ["lora:16", "full"]
-    variants = [Variant.parse(v) for v in (args.variants or default)]
+    variants = [Variant.parse(v) for v in args.variants]
     cfg = shape_config(args.shape, n_layers=args.n_layers)
     machine = machine_info(device)
 

@@ -33,10 +33,10 @@ import sys
 import torch
 from torch import nn
 
-from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, ratio, setup,
-                               time_alternating, write_results)
+from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, quick_defaults, ratio,
+                               setup, time_alternating, write_results)
 from benchmarks.setups import NUM_CLASSES, TrainStep, random_batch, shape_config, sharing_copy
-from common.cli import run_main
+from common.cli import parse_with_quick, run_main
 from classify.model import add_classification_head, class_logits
 from gpt.model import GPTModel
 from gpt.params import count_parameters
@@ -243,15 +243,19 @@ KERNEL_NAMES = {"eager": "explicit softmax (transformers 'eager', our sdpa=False
                 "sdpa": "scaled_dot_product_attention (transformers 'sdpa', our sdpa=True)"}
 
 
+# --quick: a tiny smoke test (flags given explicitly still win)
+QUICK = quick_defaults(shape="gpt-tiny", batch_size=2, tokens=16)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, repeats=5)
-    parser.add_argument("--shape", default=None, help="model shape; default gpt2-small (gpt-tiny with --quick)")
+    parser.add_argument("--shape", default="gpt2-small", help="model shape (gpt-tiny with --quick)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=16.0)
-    parser.add_argument("--batch-size", type=int, default=None, help="default 8 (2 with --quick)")
-    parser.add_argument("--tokens", type=int, default=None, help="default 120 (16 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per batch (2 with --quick)")
+    parser.add_argument("--tokens", type=int, default=120, help="tokens per sequence (16 with --quick)")
     parser.add_argument("--kernels", nargs="+", choices=("eager", "sdpa"), default=["eager", "sdpa"])
     parser.add_argument("--with-full", action="store_true",
                         help="also time full fine-tuning of both models (needs ~4 GB more memory at 124M)")
@@ -259,11 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = parse_with_quick(build_parser(), QUICK, argv)
     device = setup(args)
-    args.shape = args.shape or ("gpt-tiny" if args.quick else "gpt2-small")
-    args.batch_size = args.batch_size or (2 if args.quick else 8)
-    args.tokens = args.tokens or (16 if args.quick else 120)
     machine = machine_info(device)
     results = {"shape": args.shape, "rank": args.rank, "alpha": args.alpha, "batch_size": args.batch_size,
                "tokens": args.tokens, "kernels": []}

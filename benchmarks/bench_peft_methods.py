@@ -33,9 +33,9 @@ import time
 
 import torch
 
-from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, setup, time_alternating,
-                               write_results)
-from common.cli import run_main
+from benchmarks.common import (add_common_args, command_line, machine_info, markdown_table, quick_defaults, setup,
+                               time_alternating, write_results)
+from common.cli import parse_with_quick, run_main
 from classify.data import spam_splits
 from classify.dataset import ClassificationDataset, encode_text, make_loader
 from classify.model import add_classification_head, set_trainable
@@ -54,19 +54,24 @@ METHOD_NAMES = {"head": "head only", "lora": "LoRA", "dora": "DoRA", "adapters":
                 "prefix": "prefix tuning", "full": "full fine-tuning"}
 
 
+# --quick: a tiny random model, a few steps (flags given explicitly still win)
+QUICK = quick_defaults(base="random:gpt-tiny", epochs=1, max_steps=4, subset=32, bottleneck=8, rank=4)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, repeats=7)
-    parser.add_argument("--base", default=None,
-                        help="base model (gpt/pretrained.py): default data/gpt-mini; random:gpt-tiny with --quick")
+    parser.add_argument("--base", default="data/gpt-mini",
+                        help="base model (gpt/pretrained.py; random:gpt-tiny with --quick)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--epochs", type=int, default=None, help="default 3 (1 with --quick)")
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the training messages (1 with --quick)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop each training early (default: none; 4 with --quick)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rank", type=int, default=16, help="LoRA / DoRA rank (all linear layers), alpha = rank")
-    parser.add_argument("--bottleneck", type=int, default=64, help="bottleneck adapter width m")
+    parser.add_argument("--rank", type=int, default=16,
+                        help="LoRA / DoRA rank (all linear layers), alpha = rank (4 with --quick)")
+    parser.add_argument("--bottleneck", type=int, default=64, help="bottleneck adapter width m (8 with --quick)")
     parser.add_argument("--prefix", type=int, default=10, help="prefix tuning: P prefix tokens per layer")
     parser.add_argument("--prefix-reparametrize", action="store_true", help="prefix tuning through an MLP (Li & Liang)")
     parser.add_argument("--prefix-prompt", default=None,
@@ -106,18 +111,10 @@ def prepare(method: str, base, args):
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    device = setup(args, default_repeats=7)
-    args.base = args.base or ("random:gpt-tiny" if args.quick else "data/gpt-mini")
-    if args.epochs is None:
-        args.epochs = 1 if args.quick else 3
+    args = parse_with_quick(build_parser(), QUICK, argv)
+    device = setup(args)
     if args.prefix_prompt:
         args.prefix = len(encode_text(args.prefix_prompt))
-    if args.quick:
-        args.max_steps = args.max_steps or 4
-        args.subset = args.subset or 32
-        args.bottleneck = min(args.bottleneck, 8)
-        args.rank = min(args.rank, 4)
     machine = machine_info(device)
 
     base = load_base(args.base, attention="separate", drop_rate=0.0, seed=args.seed)

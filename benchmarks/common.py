@@ -200,11 +200,18 @@ def run_worker(module: str, argv: list[str], timeout: float | None = None) -> di
 
 # ----------------------------------------------------------------------------- arguments
 
+def quick_defaults(**own) -> dict:
+    """A benchmark's --quick defaults (common.cli.parse_with_quick swaps them in; flags given explicitly win):
+    its own tiny shapes and few steps, plus 2 timed repeats and results under benchmarks/results/quick."""
+    return {"repeats": 2, "out_dir": QUICK_RESULTS_DIR, **own}
+
+
 def add_common_args(parser: argparse.ArgumentParser, repeats: int = 5, warmup: int = 1) -> argparse.ArgumentParser:
+    """The flags every benchmark has; parse with common.cli.parse_with_quick(parser, QUICK, argv), where the
+    benchmark's QUICK = quick_defaults(...)."""
     parser.add_argument("--quick", action="store_true",
-                        help="tiny shapes and 1-2 repeats: checks that the benchmark runs (what the tests use)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed repeats per variant (default {repeats}; 2 with --quick)")
+                        help="tiny shapes and 2 repeats: checks that the benchmark runs (what the tests use)")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats per variant")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed calls per variant before timing")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice, usually the physical cores)")
@@ -218,23 +225,19 @@ def add_common_args(parser: argparse.ArgumentParser, repeats: int = 5, warmup: i
     parser.add_argument("--seed", type=int, default=123, help="seed for weights and data")
     parser.add_argument("--n-layers", type=int, default=None,
                         help="override the shape's number of blocks (a shallower model to explore on a slow machine)")
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="where results go (default benchmarks/results, benchmarks/results/quick with --quick)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
+                        help="where results go (benchmarks/results/quick with --quick)")
     return parser
 
 
-def setup(args, default_repeats: int = 5) -> torch.device:
-    """Apply --threads, --seed, --device; fill in --repeats and --out-dir. Returns the device."""
+def setup(args) -> torch.device:
+    """Apply --threads, --seed, --device; check --repeats. Returns the device."""
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.repeats is None:
-        args.repeats = 2 if args.quick else default_repeats
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    if args.out_dir is None:
-        args.out_dir = QUICK_RESULTS_DIR if args.quick else RESULTS_DIR
     torch.manual_seed(args.seed)
     return pick_device(args.device)
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import QUICK_RESULTS_DIR, RESULTS_DIR
-from common.cli import run_main
+from common.cli import parse_with_quick, run_main
 from common.files import atomic_write_text
 from gpt.device import pick_device
 
@@ -143,6 +143,9 @@ def write_readme(out_dir: Path, quick: bool) -> Path:
     return path
 
 
+QUICK = {"out_dir": QUICK_RESULTS_DIR}  # --quick: every benchmark's tiny run, results under benchmarks/results/quick
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -152,18 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None,
                         help="passed to every benchmark: auto, cpu, cuda, cuda:N or mps (default: the benchmarks' "
                              "own default, cpu, which the committed results were measured on)")
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="default benchmarks/results (benchmarks/results/quick with --quick)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
+                        help="where every benchmark writes (benchmarks/results/quick with --quick)")
     parser.add_argument("--readme-only", action="store_true", help="only rebuild README.md from existing results")
     return parser
 
 
 def main(argv=None) -> Path:
-    args = build_parser().parse_args(argv)
-    out_dir = args.out_dir or (QUICK_RESULTS_DIR if args.quick else RESULTS_DIR)
+    parser = build_parser()
+    args = parse_with_quick(parser, QUICK, argv)
+    out_dir = args.out_dir
     if not args.readme_only:
         common = ["--quick"] if args.quick else []
-        if args.out_dir is not None:  # otherwise each benchmark's default is this same folder
+        if out_dir != parser.get_default("out_dir"):  # otherwise each benchmark's default is this same folder
             common += ["--out-dir", str(out_dir)]
         if args.threads is not None:
             common += ["--threads", str(args.threads)]
