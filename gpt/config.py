@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from common.config import dataclass_from_dict
+
 ATTENTION_VARIANTS = ("separate", "fused")
 
 
@@ -55,11 +57,8 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"GPTConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**d)
+        """The config a to_dict() (a checkpoint's JSON) describes; an unknown key is refused, naming it."""
+        return dataclass_from_dict(cls, d)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPTConfig":

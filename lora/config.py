@@ -17,6 +17,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from common.config import dataclass_from_dict
+
 # How the update x A B is scaled before it is added to the frozen layer's output.
 #
 #   "alpha/r"        alpha / r: the LoRA paper (Hu et al., 2021, section 4.1), loralib, PEFT, litgpt,
@@ -203,8 +205,5 @@ class LoraConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoraConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"LoraConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**d)
+        """The config a to_dict() (an adapter_config.json) describes; an unknown key is refused, naming it."""
+        return dataclass_from_dict(cls, d)
