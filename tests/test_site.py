@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import functools
+import html as html_module
 import http.server
 import json
 import re
@@ -186,6 +187,11 @@ def test_every_chapter_page_has_its_code_box_and_its_notebook_to_download(site_d
         assert link, f"{chapter}: no download link to its .ipynb"
         downloaded = (site_dir / "notebooks" / link.group(1)).resolve()
         assert downloaded.read_bytes() == (ROOT / "notebooks" / f"{chapter}.ipynb").read_bytes()
+    # the exercises' check cells are on the page, one per check file of the chapter
+    for chapter in CHAPTERS:
+        text = html_module.unescape(re.sub(r"<[^>]+>", "", (site_dir / "notebooks" / f"{chapter}.html").read_text()))
+        checks = sorted(p.stem for p in (ROOT / "notebooks" / "checks" / f"ch{chapter[:2]}").glob("ex*.py"))
+        assert [c for c in checks if f'grader.check("{c}")' not in text] == [], chapter
     # next/previous at the foot of each chapter, in the chapters' order
     for before, chapter, after in zip(CHAPTERS, CHAPTERS[1:], CHAPTERS[2:]):
         footer = (site_dir / "notebooks" / f"{chapter}.html").read_text(encoding="utf-8").split('class="prev-next-area"')[1]
