@@ -25,13 +25,13 @@ from gpt.generate import generate
 from gpt.model import GPTModel
 from gpt.tokenizer import VOCAB_FILE, get_tokenizer
 from gpt.train import PretrainConfig, pretrain
+from conftest import make_tiny_gpt
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny(seed: int = 0, **overrides) -> GPTModel:
-    torch.manual_seed(seed)
-    return GPTModel(GPTConfig.from_preset("gpt-tiny", **overrides))
+    return make_tiny_gpt(seed, **overrides)  # tests/conftest.py
 
 
 def files_in(folder: Path) -> list[str]:

@@ -8,11 +8,12 @@ from gpt import GPTConfig, GPTModel, convert_attention, count_parameters
 from lora import (TARGET_ALIASES, FusedQKVWithLoRA, LinearWithLoRA, LoraConfig, ModulesToSaveWrapper, active_adapter,
                   add_adapter, apply_lora, delete_adapter, disable_adapters, enable_adapters, lora_parameter_report,
                   lora_state_dict, merge_lora, replace_linear_with_lora, set_active_adapter)
+from conftest import make_tiny_gpt
 
 
 def tiny(attention="separate", **overrides):
-    return GPTModel(GPTConfig.from_preset("gpt-tiny", attention=attention, qkv_bias=True, drop_rate=0.0,
-                                          **overrides)).eval()
+    # seed=None: two calls in one test draw two different models, from the test's seed (conftest.py)
+    return make_tiny_gpt(None, attention=attention, qkv_bias=True, drop_rate=0.0, **overrides).eval()
 
 
 def classifier(attention="separate"):

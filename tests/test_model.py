@@ -15,6 +15,7 @@ from gpt import (
     parameter_summary, parameter_table, split_qkv, tied_parameters,
 )
 from gpt.config import GPT2_CHECKPOINT_SETTINGS
+from conftest import make_tiny_gpt
 
 TINY = GPTConfig.from_preset("gpt-tiny")  # emb_dim 32, 2 layers, 4 heads, context 64, tied
 
@@ -25,8 +26,7 @@ def meta_model(cfg: GPTConfig) -> GPTModel:
 
 
 def tiny_model(seed: int = 0, **changes) -> GPTModel:
-    torch.manual_seed(seed)
-    model = GPTModel(TINY.replace(**changes)).eval()
+    model = make_tiny_gpt(seed, **changes).eval()  # tests/conftest.py
     with torch.no_grad():  # biases and LayerNorm parameters start at 0 / 1: make them matter
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

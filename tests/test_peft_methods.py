@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classify.model import add_classification_head
 from gpt.config import GPTConfig
 from gpt.model import GPTModel
 from gpt.params import count_parameters
@@ -19,15 +18,14 @@ from peft_methods.bottleneck_adapter import (BottleneckAdapter, ModuleWithAdapte
 from lora.config import LoraConfig
 from peft_methods.dora import LinearWithDoRA, apply_dora, dora_parameter_count, merge_dora
 from peft_methods.prefix_tuning import apply_prefix_tuning, context_left, init_prefix_from_tokens, prefix_parameter_count
+from conftest import make_tiny_gpt
 
 CFG = GPTConfig.from_preset("gpt-tiny", drop_rate=0.0)  # d=32, 2 layers, 4 heads, context 64
 HEAD_PARAMS = 32 * 2 + 2  # the 2-class head: weight + bias
 
 
 def tiny_classifier(**overrides) -> GPTModel:
-    model = GPTModel(CFG.replace(**overrides))
-    add_classification_head(model, 2)
-    return model.eval()
+    return make_tiny_gpt(None, classes=2, drop_rate=0.0, **overrides).eval()  # CFG's model; tests/conftest.py
 
 
 def token_ids(b=2, T=10, seed=0):

@@ -22,15 +22,14 @@ from safetensors.torch import save_file
 import gpt.checkpoint as checkpoint
 from common.files import atomic_write, remove_orphaned_temp_files
 from gpt.checkpoint import load_model, load_training_state, save_model, save_training_state
-from gpt.config import GPTConfig
 from gpt.model import GPTModel
+from conftest import make_tiny_gpt
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny(seed: int = 0) -> GPTModel:
-    torch.manual_seed(seed)
-    return GPTModel(GPTConfig.from_preset("gpt-tiny"))
+    return make_tiny_gpt(seed)  # tests/conftest.py
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -7,17 +7,7 @@ import torch
 
 from classify.data import Example, spam_splits
 from classify.dataset import ClassificationDataset
-from classify.model import add_classification_head
-from gpt import GPTConfig, GPTModel
 from solutions import ch07
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier():
-    torch.manual_seed(123)
-    model = GPTModel(GPTConfig.from_preset("gpt-tiny", drop_rate=0.0))
-    add_classification_head(model, 2)
-    return model.eval()
 
 
 def test_exercise_7_1_counts():

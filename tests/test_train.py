@@ -16,6 +16,7 @@ from gpt.config import GPTConfig
 from gpt.data import TokenWindows, tokenize_documents
 from gpt.model import GPTModel
 from gpt.train import History, PretrainConfig, batch_indices, evaluate_lm, learning_rate, lm_loss, pretrain
+from conftest import make_tiny_gpt
 
 VERDICT = Path(__file__).resolve().parent.parent / "data" / "pretrain" / "the-verdict.txt"
 CONTEXT = 32  # shorter windows than gpt-tiny's 64: more of them, faster steps
@@ -29,8 +30,7 @@ def windows():
 
 
 def tiny_model(seed: int, **overrides) -> GPTModel:
-    torch.manual_seed(seed)
-    return GPTModel(GPTConfig.from_preset("gpt-tiny", context_length=CONTEXT, **overrides))
+    return make_tiny_gpt(seed, context_length=CONTEXT, **overrides)  # tests/conftest.py
 
 
 def quick_config(**changes) -> PretrainConfig:
