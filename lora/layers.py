@@ -245,6 +245,9 @@ class LoRAWrapper(nn.Module):
         if name in self.merged_adapters:
             raise ValueError(f"LoRA adapter {name!r} is already merged into this layer's weight; merging it "
                              f"again would add the update twice (unmerge first)")
+        if getattr(self.linear, "quantized", False):  # lora/qlora.py: its weight is rebuilt on every read
+            raise ValueError(f"{self.describe()} is a 4-bit base; merging would have to re-quantize and lose "
+                             f"the update's precision: dequantize_base(model) first, then merge")
         self.linear.weight.add_(self._weight_delta(name))
         self.merged_adapters.append(name)
 

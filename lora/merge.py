@@ -64,6 +64,9 @@ def merge_lora(model: nn.Module, adapter_name: str | None = None) -> nn.Module:
         raise ValueError(f"LoRA adapter {name!r} is already merged (e.g. into {already[0]}); merging again would "
                          f"add the update twice. Call unmerge_lora(model) first")
     for n, m in layers:
+        if getattr(m.linear, "quantized", False):  # lora/qlora.py's Linear4bit: no float weight to add into
+            raise ValueError(f"cannot merge LoRA into {n or 'this layer'}: it is a 4-bit base; call "
+                             f"lora.qlora.dequantize_base(model) first")
         weight = f"{n}.linear.weight" if n else "linear.weight"
         others = shared_with(model, weight)
         if others:
