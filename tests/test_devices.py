@@ -251,7 +251,9 @@ def test_device_cpu_writes_the_numbers_the_default_writes(tmp_path):
 
 # ----------------------------------------------------------------------------- a real GPU (skipped without one)
 
-real_cuda = pytest.mark.skipif(NO_GPU, reason="needs a CUDA GPU (these run for real on one)")
+def real_cuda(test):
+    """Marked `gpu` (pytest -m gpu runs these alone) and skipped without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(NO_GPU, reason="needs a CUDA GPU (these run for real on one)")(test))
 
 
 @real_cuda

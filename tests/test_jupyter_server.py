@@ -145,6 +145,7 @@ def test_server_lists_chapters_runs_the_package_in_a_kernel_and_stops(server):
     assert server.process.wait(60) == 0, server.log_text()
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no browser: {CHROMIUM} is absent (Debian: apt-get install chromium; "
                                                   f".ci/run installs it when run as root)")
 def test_lab_renders_chapter_1_in_a_headless_browser(server, tmp_path):
