@@ -214,3 +214,84 @@ def wrong_exercise_5_5(d_in: int = 16, d_out: int = 12, r: int = 4, seed: int = 
         out[case] = {"output_norm": float(y.detach().norm()), "grad_A": float(layer.lora_A.grad.norm()),
                      "grad_B": float(layer.lora_B.grad.norm())}
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What students really write instead (tests/test_exercise_checks.py: each check must reject both).
+
+def typed_in_exercise_5_1(d: int = 64, k: int = 48, r: int = 4, seed: int = 123) -> dict[str, int]:
+    """Types in the ranks of the statement's setting (d = 64, k = 48, r = 4) for every call."""
+    return {"rank_BA": 4, "rank_sum": 8, "rank_W": 48, "rank_W_plus_BA": 48, "rank_zero_B": 0}
+
+
+def shortcut_exercise_5_1(d: int = 64, k: int = 48, r: int = 4, seed: int = 123) -> dict[str, int]:
+    """States the ranks from the rules (r, 2r, min(d, k), ...) instead of measuring them on drawn matrices."""
+    return {"rank_BA": r, "rank_sum": min(2 * r, d, k), "rank_W": min(d, k), "rank_W_plus_BA": min(d, k),
+            "rank_zero_B": 0}
+
+
+def typed_in_exercise_5_2(shapes=((768, 768), (512, 64), (10, 8))) -> dict[tuple[int, int], dict]:
+    """Types in the answers for the statement's three shapes, whatever shapes it is asked for."""
+    return {(768, 768): {"break_even": 384.0, "first_worse_rank": 385},
+            (512, 64): {"break_even": 512 * 64 / 576, "first_worse_rank": 57},
+            (10, 8): {"break_even": 80 / 18, "first_worse_rank": 5}}
+
+
+def shortcut_exercise_5_2(shapes=((768, 768), (512, 64), (10, 8))) -> dict[tuple[int, int], dict]:
+    """No shortcut to forbid; a second plausible mistake: the square-matrix rule r* = d / 2 used for every shape
+    (min(d, k) / 2), which is right for 768 x 768 only."""
+    out = {}
+    for d, k in shapes:
+        even = min(d, k) / 2
+        out[(d, k)] = {"break_even": even, "first_worse_rank": math.floor(even) + 1}
+    return out
+
+
+def typed_in_exercise_5_3(d_in: int = 32, d_out: int = 24, r: int = 16, seed: int = 123) -> dict[str, float]:
+    """Types in the statement's outcome at r = 16 (identical outputs, ratio 16) for every call."""
+    return {"max_diff_alpha": 0.0, "max_diff_sqrt": 0.0, "ratio_alpha_vs_alpha_r": 16.0}
+
+
+def shortcut_exercise_5_3(d_in: int = 32, d_out: int = 24, r: int = 16, seed: int = 123) -> dict[str, float]:
+    """Writes down what the formulas predict (no difference, ratio r) without building and running the layers."""
+    return {"max_diff_alpha": 0.0, "max_diff_sqrt": 0.0, "ratio_alpha_vs_alpha_r": float(r)}
+
+
+def typed_in_exercise_5_4(delta_w: torch.Tensor, r: int, alpha: float = 16.0) -> LoRALayer:
+    """Types in the statement's alpha = 16 for the layer (LoRALayer(..., alpha=16)) whatever alpha it is given."""
+    return exercise_5_4(delta_w, r, alpha=16.0)
+
+
+def shortcut_exercise_5_4(delta_w: torch.Tensor, r: int, alpha: float = 16.0) -> LoRALayer:
+    """Skips the SVD: keeps r orthonormal directions of delta_w's rows from a QR decomposition. Exact at the update's
+    rank, but below it these are not the r strongest directions, so the error is above Eckart-Young's."""
+    d_out, d_in = delta_w.shape
+    Q, _ = torch.linalg.qr(delta_w.T)  # (d_in, min): an orthonormal basis of the row space, in no useful order
+    layer = LoRALayer(d_in, d_out, rank=r, alpha=alpha)
+    with torch.no_grad():
+        layer.lora_A.copy_(Q[:, :r])  # (d_in, r)
+        layer.lora_B.copy_(Q[:, :r].T @ delta_w.T / layer.scale)  # (r, d_out): the best fit inside those directions
+    return layer
+
+
+def typed_in_exercise_5_5(d_in: int = 16, d_out: int = 12, r: int = 4, seed: int = 123) -> dict[str, dict[str, float]]:
+    """Types in the zero / non-zero pattern the statement's question leads to (1.0 for "non-zero") for every call."""
+    def e(out, grad_a, grad_b):
+        return {"output_norm": out, "grad_A": grad_a, "grad_B": grad_b}
+    return {"A random, B zero": e(0.0, 0.0, 1.0), "A zero, B random": e(0.0, 1.0, 0.0), "both zero": e(0.0, 0.0, 0.0),
+            "both random": e(1.0, 1.0, 1.0)}
+
+
+def shortcut_exercise_5_5(d_in: int = 16, d_out: int = 12, r: int = 4, seed: int = 123) -> dict[str, dict[str, float]]:
+    """Computes the gradients from the chain-rule formulas with plain tensors, skipping LoRALayer and backward()."""
+    g = torch.Generator().manual_seed(seed)
+    x, target = torch.randn(8, d_in, generator=g), torch.randn(8, d_out, generator=g)
+    scale, out = 2.0, {}
+    for case in ("A random, B zero", "A zero, B random", "both zero", "both random"):
+        A = torch.randn(d_in, r, generator=g) if case in ("A random, B zero", "both random") else torch.zeros(d_in, r)
+        B = torch.randn(r, d_out, generator=g) if case in ("A zero, B random", "both random") else torch.zeros(r, d_out)
+        y = scale * x @ A @ B
+        grad_y = 2 * (y - target) / y.numel()
+        out[case] = {"output_norm": float(y.norm()), "grad_A": float((scale * x.T @ grad_y @ B.T).norm()),
+                     "grad_B": float((scale * (x @ A).T @ grad_y).norm())}
+    return out

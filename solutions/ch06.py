@@ -101,14 +101,16 @@ def wrong_exercise_6_2(d: int = 32, r: int = 4, seed: int = 123) -> dict[str, fl
 def _round_trip_error(dtype: torch.dtype, cycles: int = 1, d: int = 256, r: int = 8, seed: int = 123,
                       unmerge: bool = True) -> float:
     """Largest |W - W_original| after `cycles` merge + unmerge cycles of one LoRA (alpha 16) on a (d, d) base weight
-    of size 0.02 (randn x 0.02, seed) and B = randn x 0.02 (as if trained)."""
+    of size 0.02 (randn x 0.02), A = randn x 0.05 and B = randn x 0.02 (as if trained), all drawn in that order from
+    one generator seeded with `seed`."""
     g = torch.Generator().manual_seed(seed)
     linear = nn.Linear(d, d, bias=False)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(d, d, generator=g) * 0.02)
     linear = linear.to(dtype)
     layer = LinearWithLoRA(linear, rank=r, alpha=16)
-    with torch.no_grad():
+    with torch.no_grad():  # A and B from the seeded generator too: the answer depends on nothing global
+        layer.lora["default"].lora_A.copy_(torch.randn(d, r, generator=g) * 0.05)
         layer.lora["default"].lora_B.copy_(torch.randn(r, d, generator=g) * 0.02)
     before = layer.linear.weight.detach().clone()
     for _ in range(cycles):
@@ -241,3 +243,93 @@ def wrong_exercise_6_5(seed: int = 123) -> dict:
             "still_tied": model.out_head.linear.weight is model.tok_emb.weight,
             "logits_changed_by": (model(x) - logits_before).abs().max().item(),
             "merge_error": None}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What students really write instead (tests/test_exercise_checks.py: each check must reject both).
+
+def typed_in_exercise_6_1(preset: str = "gpt2-medium") -> dict[str, int]:
+    """Types in GPT-2 medium's two counts (and GPT-2 small's 294,912, printed by the chapter) instead of computing."""
+    if preset == "gpt2-small":
+        return {"query_value": 294_912, "all_linear": 2_655_746}
+    return {"query_value": 786_432, "all_linear": 7_079_938}
+
+
+def shortcut_exercise_6_1(preset: str = "gpt2-medium") -> dict[str, int]:
+    """Asks lora_trainable_count instead of counting by hand (the statement forbids it: it is what the check uses)."""
+    cfg = GPTConfig.from_preset(preset)
+    return {"query_value": lora_trainable_count(cfg, LoraConfig(rank=8, targets=("query", "value"))),
+            "all_linear": lora_trainable_count(cfg, LoraConfig(rank=16, targets="all-linear",
+                                                               modules_to_save=("out_head",)),
+                                               head_out_features=2, head_bias=True)}
+
+
+def typed_in_exercise_6_2(d: int = 32, r: int = 4, seed: int = 123) -> dict[str, float | int]:
+    """Types in the statement's setting's answer (d = 32, r = 4: no difference, 768 and 1,536) for every call."""
+    return {"max_diff": 0.0, "fused_params": 768, "plain_rank_3r_params": 1_536}
+
+
+def shortcut_exercise_6_2(d: int = 32, r: int = 4, seed: int = 123) -> dict[str, float | int]:
+    """Counts right but never builds and runs the two layers: states max_diff = 0.0 from the algebra."""
+    return {"max_diff": 0.0, "fused_params": 3 * r * (d + d), "plain_rank_3r_params": 3 * r * (d + 3 * d)}
+
+
+def typed_in_exercise_6_3(cycles: int = 1, d: int = 256, r: int = 8, seed: int = 123) -> dict[str, float]:
+    """Types in section 6.6's float32 drift (7.45e-09) and one bf16 step (4.9e-4) for every setting."""
+    return {"float32": 7.45e-09, "bfloat16": 4.9e-4}
+
+
+def shortcut_exercise_6_3(cycles: int = 1, d: int = 256, r: int = 8, seed: int = 123) -> dict[str, float]:
+    """Runs the round trip in float32 only and casts the weights to bf16 afterwards, instead of a bf16 base layer."""
+    g = torch.Generator().manual_seed(seed)
+    linear = nn.Linear(d, d, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(d, d, generator=g) * 0.02)
+    layer = LinearWithLoRA(linear, rank=r, alpha=16)
+    with torch.no_grad():
+        layer.lora["default"].lora_A.copy_(torch.randn(d, r, generator=g) * 0.05)
+        layer.lora["default"].lora_B.copy_(torch.randn(r, d, generator=g) * 0.02)
+    before = layer.linear.weight.detach().clone()
+    for _ in range(cycles):
+        layer.merge("default")
+        layer.unmerge("default")
+    after = layer.linear.weight.detach()
+    return {"float32": (after - before).abs().max().item(),
+            "bfloat16": (after.bfloat16().float() - before.bfloat16().float()).abs().max().item()}
+
+
+def typed_in_exercise_6_4(d_in: int = 768, d_out: int = 768, r: int = 16, seed: int = 123) -> dict[str, float]:
+    """Types in the statement's setting's numbers (d_in = 768, r = 16) for every call."""
+    return {"book_bound": 0.25, "linear_bound": 1 / math.sqrt(768), "grad_B_ratio": math.sqrt(768 / 16),
+            "grad_A_norm": 0.0}
+
+
+def shortcut_exercise_6_4(d_in: int = 768, d_out: int = 768, r: int = 16, seed: int = 123) -> dict[str, float]:
+    """Writes the gradients' ratio and A's zero gradient from the formulas, without running backward()."""
+    book, linear = 1 / math.sqrt(r), 1 / math.sqrt(d_in)
+    return {"book_bound": book, "linear_bound": linear, "grad_B_ratio": book / linear, "grad_A_norm": 0.0}
+
+
+def typed_in_exercise_6_5(seed: int = 123) -> dict:
+    """Types in the expected verdicts and a refusal message in its own words instead of the one merge_lora raises."""
+    return {"embedding_unchanged": True, "still_tied": True, "logits_changed_by": 0.01,
+            "merge_error": "merge_lora refuses: out_head is tied to the token embedding"}
+
+
+def shortcut_exercise_6_5(seed: int = 123) -> dict:
+    """No shortcut to forbid; a second plausible mistake: skips the training step (B is still zero), so the logits
+    have not changed and the question about the step is not answered."""
+    torch.manual_seed(seed)
+    model = GPTModel(GPTConfig.from_preset("gpt-tiny", drop_rate=0.0))
+    apply_lora(model, LoraConfig(rank=4, alpha=8, targets=("query", "out_head")))
+    emb_before = model.tok_emb.weight.detach().clone()
+    x = torch.randint(0, model.cfg.vocab_size, (2, 12))
+    logits_before = model(x).detach()
+    try:
+        merge_lora(model)
+        error = None
+    except ValueError as err:
+        error = str(err)
+    return {"embedding_unchanged": torch.equal(model.tok_emb.weight, emb_before),
+            "still_tied": model.out_head.linear.weight is model.tok_emb.weight,
+            "logits_changed_by": (model(x) - logits_before).abs().max().item(), "merge_error": error}

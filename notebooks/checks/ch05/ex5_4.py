@@ -22,6 +22,9 @@ def ex5_4(env):
             call = f"exercise_5_4(delta_w ({d_out} x {d_in}, rank {rank}), r={r}, alpha={alpha})"
             layer = answer(env, "exercise_5_4", delta, r, alpha=alpha, returns=LoRALayer,
                            expects="a lora.LoRALayer(d_in, d_out, rank=r, alpha=alpha) with lora_A and lora_B set")
+            require(float(layer.alpha) == alpha and layer.rank == r,
+                    f"{call}: the layer was built with alpha = {layer.alpha:g}, rank = {layer.rank}; build it with the "
+                    f"alpha and r the function is given, so that its scale is alpha / r.")
             require(tuple(layer.lora_A.shape) == (d_in, r) and tuple(layer.lora_B.shape) == (r, d_out),
                     f"{call}: lora_A {tuple(layer.lora_A.shape)} and lora_B {tuple(layer.lora_B.shape)} should be "
                     f"(d_in, r) = {(d_in, r)} and (r, d_out) = {(r, d_out)}.")
@@ -38,5 +41,5 @@ def ex5_4(env):
                 else:
                     require(close(error, bound, rel=1e-3),
                             f"{call}: the update's Frobenius error is {error:.5g}, but the best rank-{r} update "
-                            f"has error sqrt(sum of the left-out sigma^2) = {bound:.5g}. Keep the r strongest "
-                            f"singular directions, and divide by the scale.")
+                            f"has error {bound:.5g} (Eckart-Young, section 5.3). Hint: any basis of r directions "
+                            f"is not enough; which r directions does section 5.3 keep?")
