@@ -108,9 +108,10 @@ def load_training_state(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # an UnpicklingError for disallowed globals, RuntimeError for truncation
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot load training state {path} (truncated or corrupt: {first_line}); start the run "
-                         f"afresh with --no-resume (it replaces the file), or delete the file") from err
+        # Not torch's own text: it suggests weights_only=False, which would run pickled code.
+        raise ValueError(f"cannot load training state {path}: it is truncated, corrupt or holds more than tensors "
+                         f"({type(err).__name__}); start the run afresh with --no-resume (it replaces the file), "
+                         f"or delete the file") from err
 
 
 def describe_size(state_dict: dict) -> str:
