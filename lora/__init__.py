@@ -15,8 +15,13 @@ only the string defaults behind the target aliases. Read in this order:
     merge.py            merge_lora / unmerge_lora
     adapters.py         save_adapter / load_adapter (safetensors + JSON, base fingerprint)
     peft_format.py      export_peft_adapter / import_peft_adapter (PEFT's format, e.g. transformers' GPT-2)
+The LoRA variants, each equal to PEFT's option (tests/test_qlora.py, test_pissa.py, test_loraplus.py):
+    nf4.py, qlora.py    QLoRA: the base frozen in NF4 with double quantization (quantize_base), LoRA on top
+    pissa.py            PiSSA: A and B from W's top-r singular vectors (apply_pissa; PEFT init_lora_weights="pissa")
+    loraplus.py         LoRA+: B's learning rate a ratio times A's (create_loraplus_optimizer)
+    rsLoRA is a scaling option: LoraConfig(scaling="alpha/sqrt(r)") (PEFT use_rslora=True).
 
-The other parameter-efficient methods (bottleneck adapters, prefix tuning, DoRA) live beside
+The other parameter-efficient methods (bottleneck adapters, prefix tuning, DoRA, VeRA) live beside
 this package, in peft_methods/.
 
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685.
@@ -28,10 +33,13 @@ from lora.apply import (active_adapter, adapter_configs, add_adapter, apply_lora
 from lora.book import replace_linear_with_lora
 from lora.config import SCALINGS, TARGET_ALIASES, LoraConfig, scaling_factor, validate_rank
 from lora.counts import full_parameter_count, lora_parameter_count, lora_trainable_count, reduction
+from lora.loraplus import create_loraplus_optimizer, loraplus_parameter_groups
 from lora.layers import EmbeddingWithLoRA, FusedQKVWithLoRA, LinearWithLoRA, LoRALayer, LoRAWrapper, QKVLoRALayer
 from lora.merge import is_merged, merge_lora, unmerge_lora
 from lora.modules_to_save import ModulesToSaveWrapper
 from lora.peft_format import export_peft_adapter, import_peft_adapter, read_peft_adapter
+from lora.pissa import apply_pissa, pissa_init
+from lora.qlora import Linear4bit, base_nbytes, dequantize_base, quantize_base
 from lora.registry import LoraAdapters, registry_of
 from lora.report import lora_parameter_report
 from lora.state_dict import base_parameters, lora_state_dict
@@ -47,4 +55,6 @@ __all__ = [
     "save_adapter", "load_adapter", "read_adapter", "base_fingerprint",
     "export_peft_adapter", "import_peft_adapter", "read_peft_adapter",
     "lora_parameter_count", "full_parameter_count", "reduction", "lora_trainable_count",
+    "Linear4bit", "quantize_base", "dequantize_base", "base_nbytes", "apply_pissa", "pissa_init",
+    "create_loraplus_optimizer", "loraplus_parameter_groups",
 ]
