@@ -1,0 +1,103 @@
+"""The LoRA family on the spam and sentiment classifiers: LoRA, QLoRA, DoRA, PiSSA, LoRA+, rsLoRA, VeRA and
+full fine-tuning, from the same base, at the same seeds (classify/lora_family.py has each recipe).
+
+    python scripts/compare_lora_family.py                       # every method, both tasks, seeds 123 124 125
+    python scripts/compare_lora_family.py --methods lora dora --tasks spam --seeds 123
+    python scripts/compare_lora_family.py --quick               # a random gpt-tiny, 2 steps: runs/quick/lora_family
+
+Writes lora_family.json (every seed's numbers), .md (the tables) and .png (test accuracy per method) into
+--results (default results/). A --quick run writes under runs/quick/ and never replaces a real comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from classify.lora_family import METHODS, markdown_table, plot, run_method, summarise
+from classify.tasks import TASKS, load_tasks
+from common.cli import ArgumentParser, UserError, parse_with_quick, run_main
+from common.files import atomic_write_text
+from gpt.device import add_device_argument, pick_device
+from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = dict(model="random:gpt-tiny", max_steps=2, seeds=[123])
+NAME = "lora_family"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=DEFAULT_BASE, help="base: a checkpoint folder/file, random[:preset]")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods to run")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="tasks to run")
+    p.add_argument("--seeds", nargs="+", type=int, default=[123, 124, 125])
+    p.add_argument("--max-steps", type=int, default=None, help="stop each training after this many steps")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_argument(p)
+    p.add_argument("--results", default=None, help=f"folder for {NAME}.{{json,md,png}} (default: results/; with "
+                                                   f"--quick runs/quick/{NAME})")
+    p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = parse_with_quick(build_parser(), QUICK, argv)
+    if args.results is None:
+        args.results = str(ROOT / "runs" / "quick" / NAME if args.quick else ROOT / "results")
+    results = Path(args.results)
+    if results.exists() and not results.is_dir():
+        raise UserError(f"--results {results} is a file, not a folder")
+    old = results / f"{NAME}.json"
+    if args.quick and old.is_file() and not json.loads(old.read_text()).get("quick"):
+        raise UserError(f"--results {results} holds a real comparison; a --quick run never replaces it")
+    for name, minimum in (("max_steps", 1), ("threads", 1)):
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        raise UserError(f"--seeds must be different integers >= 0, got {args.seeds}")
+    return args
+
+
+def main(argv=None, log=print) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    describe_base(args.model)  # a missing base: one clear line before any work
+    tasks = load_tasks(load_base(args.model, seed=0).cfg.context_length)
+    runs: dict = {}
+    t0 = time.perf_counter()
+    for task in args.tasks:
+        for method in args.methods:
+            for seed in args.seeds:
+                r = run_method(method, args.model, tasks[task], seed, args.max_steps, device)
+                runs.setdefault(task, {}).setdefault(method, {})[seed] = r
+                log(f"{task:<9} {method:<9} seed {seed}: validation {100 * r['val']:.1f} %, test {100 * r['test']:.1f} %"
+                    f", {r['trainable']:,} trained ({time.perf_counter() - t0:.0f} s)")
+    report = {
+        "command": "python scripts/compare_lora_family.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "quick": args.quick, "base": args.model, "device": str(device), "seeds": args.seeds,
+        "methods": {m: METHODS[m].description for m in args.methods},
+        "summary": summarise(runs),
+        "runs": {t: {m: {str(s): r for s, r in by.items()} for m, by in ms.items()} for t, ms in runs.items()},
+        "torch_threads": torch.get_num_threads(), "total_seconds": round(time.perf_counter() - t0),
+    }
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results / f"{NAME}.json", json.dumps(report, indent=1) + "\n")
+    table = markdown_table(report)
+    atomic_write_text(results / f"{NAME}.md", table)
+    plot(report, results / f"{NAME}.png")
+    log(table)
+    return report
+
+
+if __name__ == "__main__":
+    run_main(main)
