@@ -33,8 +33,8 @@ from lora.apply import (active_adapter, adapter_configs, add_adapter, apply_lora
 from lora.book import replace_linear_with_lora
 from lora.config import SCALINGS, TARGET_ALIASES, LoraConfig, scaling_factor, validate_rank
 from lora.counts import full_parameter_count, lora_parameter_count, lora_trainable_count, reduction
-from lora.loraplus import create_loraplus_optimizer, loraplus_parameter_groups
 from lora.layers import EmbeddingWithLoRA, FusedQKVWithLoRA, LinearWithLoRA, LoRALayer, LoRAWrapper, QKVLoRALayer
+from lora.loraplus import create_loraplus_optimizer, loraplus_parameter_groups
 from lora.merge import is_merged, merge_lora, unmerge_lora
 from lora.modules_to_save import ModulesToSaveWrapper
 from lora.peft_format import export_peft_adapter, import_peft_adapter, read_peft_adapter

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gpt.weights import gpt2_module_names, load_gpt2
-from lora import LoraConfig, apply_lora
+from lora import LoraConfig
 from lora.pissa import apply_pissa
 
 transformers = pytest.importorskip("transformers")
