@@ -13,72 +13,75 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from classify.dataset import ClassificationDataset, make_loader
-from classify.model import add_classification_head, class_logits
-from gpt.config import GPTConfig
-from gpt.model import GPTModel
-from gpt.params import count_parameters
+from classify.model import class_logits
 from gpt.tokenizer import END_OF_TEXT_ID, get_tokenizer
-from lora import LoraConfig, apply_lora, lora_trainable_count
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------- 7.1
 
-def counts_7_1(cfg: GPTConfig | None = None) -> dict:
-    """Exercise 7.1's counts three ways: by hand, on paper (lora_trainable_count) and on a model built on the meta device."""
-    cfg = cfg or GPTConfig.from_preset("gpt-mini")
-    d, L, head = cfg.emb_dim, cfg.n_layers, cfg.emb_dim * 2 + 2
-    recipe = LoraConfig(rank=16, alpha=16, targets="all-linear", modules_to_save=("out_head",))
-    with torch.device("meta"):  # shapes only
-        classifier = GPTModel(cfg)
-        add_classification_head(classifier, 2)
-        apply_lora(classifier, recipe)
-    return {"recipe_by_hand": L * (4 * 16 * (d + d) + 2 * 16 * (d + 4 * d)) + head,
-            "recipe_on_paper": lora_trainable_count(cfg, recipe, head_out_features=2, head_bias=True),
-            "recipe_counted_on_model": count_parameters(classifier, trainable_only=True)}
+def exercise_7_1(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> float:
+    """The prefix term of the recipe's loss (section 7.3) for one batch, by hand: a float, nats per message.
 
+    input_ids (b, T) padded with <|endoftext|> after each message, lengths (b,), labels (b,). One forward pass
+    gives the class logits at every position (b, T, C); the cross-entropy of each REAL token against its
+    message's label is averaged over that message's n_i tokens, then over the b messages.
 
-def exercise_7_1(preset: str = "gpt-mini") -> dict:
-    """Trainable parameters of the recipe, of LoRA r = 8 on query + value, and of full fine-tuning, and the recipe's
-    share of full fine-tuning and of the LoRA classifier's parameters. {"recipe", "query_value", "full": int;
-    "recipe_fraction_of_full", "recipe_fraction_of_total": float (fractions, not %)}.
-
-    Answer (gpt-mini: 6 blocks, d = 256, feed-forward 4d = 1,024, a 2-class head with bias):
-      recipe, r = 16 on all linear layers: per block 4 x 16 (256 + 256) for W_query, W_key, W_value,
-        out_proj = 32,768, plus 16 (256 + 1,024) x 2 for the feed-forward pair = 40,960, so 73,728 per block,
-        442,368 for 6 blocks, plus the head 256 x 2 + 2 = 514: 442,882;
-      r = 8 on query and value: 6 x 2 x 8 (256 + 256) = 49,152, plus the head: 49,666;
-      full fine-tuning trains every parameter of the classifier: gpt-mini's 17,665,792 (its old head was tied
-      to the embedding, so it had no weights of its own) plus the new head's 514 = 17,666,306.
-    The recipe trains 2.51 % of what full fine-tuning trains (442,882 / 17,666,306), query + value 0.28 %. The
-    chapter prints 2.45 %: there the denominator is every parameter of the LoRA classifier, 18,109,188 = the
-    frozen 17,666,306 (the base and the original head) + the 442,882 trainable ones (LoRA and the head's
-    trainable copy): 442,882 / 18,109,188. Most of gpt-mini is the token embedding (50,257 x 256 = 12.9M), which
-    LoRA leaves frozen.
+    Answer to the question: averaging per message first makes every message count once, whatever its length. A
+    mean over all real tokens of the batch would weigh each message by its length; spam messages are the long
+    ones in this collection (section 7.6: only 4 of 517 training spams have 10 tokens or fewer), so the term
+    would be mostly about spam.
     """
-    cfg = GPTConfig.from_preset(preset)
-    recipe = LoraConfig(rank=16, alpha=16, targets="all-linear", modules_to_save=("out_head",))
-    qv = LoraConfig(rank=8, alpha=16, targets=("query", "value"), modules_to_save=("out_head",))
-    with torch.device("meta"):  # shapes only
-        classifier = GPTModel(cfg)
-        add_classification_head(classifier, 2)
-        full = count_parameters(classifier)
-        apply_lora(classifier, recipe)
-        total = count_parameters(classifier)
-    n_recipe = lora_trainable_count(cfg, recipe, head_out_features=2, head_bias=True)
-    return {"recipe": n_recipe, "query_value": lora_trainable_count(cfg, qv, head_out_features=2, head_bias=True),
-            "full": full, "recipe_fraction_of_full": n_recipe / full, "recipe_fraction_of_total": n_recipe / total}
+    with torch.no_grad():
+        logits = model(input_ids).float()  # (b, T, C)
+    b, T, C = logits.shape
+    per_token = F.cross_entropy(logits.reshape(b * T, C), labels.repeat_interleave(T), reduction="none").view(b, T)
+    real = torch.arange(T)[None, :] < lengths[:, None]  # (b, T): True on message tokens, False on padding
+    return float(((per_token * real).sum(1) / lengths).mean())
 
 
-def wrong_exercise_7_1(preset: str = "gpt-mini") -> dict:
-    """Divides by every parameter of the LoRA classifier (frozen and trainable) for the share of full fine-tuning."""
-    out = exercise_7_1(preset)
-    out["recipe_fraction_of_full"] = out["recipe_fraction_of_total"]
-    return out
+def wrong_exercise_7_1(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor,
+                       labels: torch.Tensor) -> float:
+    """Averages over all real tokens of the batch at once: long messages weigh more than short ones."""
+    with torch.no_grad():
+        logits = model(input_ids).float()  # (b, T, C)
+    b, T, C = logits.shape
+    per_token = F.cross_entropy(logits.reshape(b * T, C), labels.repeat_interleave(T), reduction="none").view(b, T)
+    real = torch.arange(T)[None, :] < lengths[:, None]
+    return float((per_token * real).sum() / real.sum())
+
+
+def typed_in_exercise_7_1(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor,
+                          labels: torch.Tensor) -> float:
+    """Types in the prefix term that section 7.3 prints for its training batch (0.4895 on gpt-mini's run)."""
+    return 0.4895
+
+
+def shortcut_exercise_7_1(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor,
+                          labels: torch.Tensor) -> float:
+    """Calls the package's loss (classify.train.batch_loss_terms) instead of writing the term: the statement
+    forbids it, and the check makes that function fail."""
+    import classify.train as train  # looked up at call time, as a student's notebook would
+
+    _, prefix, _, _ = train.batch_loss_terms(model, (input_ids, lengths, labels), "cpu", bf16=False)
+    return float(prefix)
+
+
+def ambiguous_length_batch(seed: int = 0, b: int = 6, T: int = 14, vocab: int = 50_257):
+    """A padded batch (input_ids (b, T), lengths (b,), labels (b,)) from a generator of its own: lengths from 1 to
+    T - 2 (so every row has padding), both labels present."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, T - 1, (b,), generator=g)
+    lengths[0], lengths[1] = 1, T - 2  # one very short and one long message
+    ids = torch.randint(0, vocab - 1, (b, T), generator=g)
+    ids[torch.arange(T)[None, :] >= lengths[:, None]] = END_OF_TEXT_ID
+    labels = torch.arange(b) % 2
+    return ids, lengths, labels
 
 
 # ----------------------------------------------------------------------------- 7.2
@@ -111,6 +114,26 @@ def wrong_exercise_7_2(model: nn.Module, text: str = "Call now to claim your fre
     """Reads the last real token for "last_column" too (position len(ids) - 1), not the last column of the row."""
     out = exercise_7_2(model, text, widths)
     return {w: {"last_real": v["last_real"], "last_column": v["last_real"].clone()} for w, v in out.items()}
+
+
+def typed_in_exercise_7_2(model: nn.Module, text: str = "Call now to claim your free prize",
+                          widths: tuple[int, ...] = (7, 20, 64)) -> dict[int, dict[str, torch.Tensor]]:
+    """Types in fixed logits (what one run printed) for every width, whatever the model and the text."""
+    fixed = torch.tensor([0.1234, -0.5678])
+    return {w: {"last_real": fixed.clone(), "last_column": fixed.clone()} for w in widths}
+
+
+@torch.no_grad()
+def shortcut_exercise_7_2(model: nn.Module, text: str = "Call now to claim your free prize",
+                          widths: tuple[int, ...] = (7, 20, 64)) -> dict[int, dict[str, torch.Tensor]]:
+    """Pads with token id 0 ("!") instead of <|endoftext|>: the last column then reads another token's output."""
+    model.eval()
+    ids = get_tokenizer().encode(text, disallowed_special=())
+    out = {}
+    for width in widths:
+        x = torch.tensor([ids + [0] * (width - len(ids))])  # (1, width)
+        out[width] = {"last_real": class_logits(model, x, torch.tensor([len(ids)]))[0], "last_column": model(x)[0, -1]}
+    return out
 
 
 @torch.no_grad()
@@ -182,6 +205,20 @@ def wrong_exercise_7_3(p: float = 0.95, n: int = 300, a: float = 286 / 300, b: f
     return out
 
 
+def typed_in_exercise_7_3(p: float = 0.95, n: int = 300, a: float = 286 / 300, b: float = 290 / 300) -> dict:
+    """Types in the answer for the statement's numbers (p = 0.95, n = 300, 286 and 290 of 300), whatever the
+    arguments."""
+    return exercise_7_3()
+
+
+def shortcut_exercise_7_3(p: float = 0.95, n: int = 300, a: float = 286 / 300, b: float = 290 / 300) -> dict:
+    """Gives the standard error and the interval's half-width in percentage points, not as fractions."""
+    out = exercise_7_3(p, n, a, b)
+    se = 100 * out["se"]
+    return {"se": se, "interval": (p - 1.96 * se, p + 1.96 * se), "messages_per_point": out["messages_per_point"],
+            "z": out["z"]}
+
+
 # ----------------------------------------------------------------------------- 7.4
 
 @torch.no_grad()
@@ -232,6 +269,23 @@ def wrong_exercise_7_4(p_spam, labels, thresholds=(0.5, 0.9, 0.99)) -> dict[floa
     return exercise_7_4([p - 1e-12 for p in p_spam], labels, thresholds)
 
 
+def typed_in_exercise_7_4(p_spam, labels, thresholds=(0.5, 0.9, 0.99)) -> dict[float, dict]:
+    """Types in the counts of the chapter's adapter on its 300 test messages (solutions/ch07.md), whatever the
+    probabilities."""
+    counts = {0.5: (147, 5, 4, 144), 0.9: (141, 1, 10, 148), 0.99: (131, 0, 20, 149)}
+    out = {}
+    for t in thresholds:
+        tp, fp, fn, tn = counts.get(t, counts[0.5])
+        out[t] = {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": tp / (tp + fp), "recall": tp / (tp + fn),
+                  "accuracy": (tp + tn) / 300}
+    return out
+
+
+def shortcut_exercise_7_4(p_spam, labels, thresholds=(0.5, 0.9, 0.99)) -> dict[float, dict]:
+    """Takes the classifier's own decision (p(spam) >= 0.5, the argmax) for every threshold."""
+    return {t: exercise_7_4(p_spam, labels, (0.5,))[0.5] for t in thresholds}
+
+
 # ----------------------------------------------------------------------------- 7.5
 
 def exercise_7_5(targets=("query", "value"), quick: bool = False, out: str | Path | None = None) -> dict:
@@ -258,5 +312,5 @@ def exercise_7_5(targets=("query", "value"), quick: bool = False, out: str | Pat
     return finetune(cfg, out=out or ROOT / "runs" / f"spam-lora-{'-'.join(targets)}")
 
 
-__all__ = ["counts_7_1", "exercise_7_1", "exercise_7_2", "exercise_7_2_accuracy", "precision_7_3", "exercise_7_3",
+__all__ = ["exercise_7_1", "ambiguous_length_batch", "exercise_7_2", "exercise_7_2_accuracy", "precision_7_3", "exercise_7_3",
            "spam_probabilities", "exercise_7_4", "exercise_7_5"]

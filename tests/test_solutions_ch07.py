@@ -7,20 +7,22 @@ import torch
 
 from classify.data import Example, spam_splits
 from classify.dataset import ClassificationDataset
+from classify.train import batch_loss_terms
+from gpt.tokenizer import END_OF_TEXT_ID
 from solutions import ch07
 
 
-def test_exercise_7_1_counts():
-    counts = ch07.counts_7_1()
-    assert counts["recipe_by_hand"] == counts["recipe_on_paper"] == counts["recipe_counted_on_model"] == 442_882
-    out = ch07.exercise_7_1()
-    assert out["recipe"] == 442_882
-    assert out["query_value"] == 6 * 2 * 8 * (256 + 256) + 514 == 49_666
-    assert out["full"] == 17_665_792 + 514 == 17_666_306
-    assert out["recipe_fraction_of_full"] == pytest.approx(0.025069, abs=1e-6)  # 2.51 %: the answer's number
-    # 2.45 %: what chapter 7 prints, the share of every parameter of the LoRA classifier (18,109,188)
-    assert out["recipe_fraction_of_total"] == pytest.approx(442_882 / 18_109_188) and \
-        round(100 * out["recipe_fraction_of_total"], 2) == 2.45
+def test_exercise_7_1_prefix_term_equals_the_package_and_ignores_padding(tiny_classifier):
+    ids, lengths, labels = ch07.ambiguous_length_batch(seed=3)
+    with torch.no_grad():
+        expected = batch_loss_terms(tiny_classifier, (ids, lengths, labels), "cpu", bf16=False)[1]
+    assert ch07.exercise_7_1(tiny_classifier, ids, lengths, labels) == pytest.approx(float(expected), rel=1e-5)
+    # more padding after every message changes nothing: padding positions do not count
+    wider = torch.cat([ids, torch.full((len(ids), 5), END_OF_TEXT_ID)], dim=1)
+    assert ch07.exercise_7_1(tiny_classifier, wider, lengths, labels) == pytest.approx(float(expected), rel=1e-5)
+    # the planted answer (a mean over all real tokens) weighs long messages more: another number on this batch
+    wrong = ch07.wrong_exercise_7_1(tiny_classifier, ids, lengths, labels)
+    assert abs(wrong - float(expected)) > 1e-3
 
 
 def test_exercise_7_2_last_real_token_ignores_padding_last_column_does_not(tiny_classifier):

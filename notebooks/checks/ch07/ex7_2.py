@@ -15,11 +15,11 @@ points = 1
 
 @test_case(points=1)
 def ex7_2(env):
-    torch.manual_seed(7)
+    torch.manual_seed(29)
     model = GPTModel(GPTConfig.from_preset("gpt-tiny", drop_rate=0.0))
     add_classification_head(model, 2)
     model.eval()
-    for text, widths in (("Call now to claim your free prize", (7, 20, 64)), ("See you at lunch?", (5, 9, 33))):
+    for text, widths in (("Txt WIN to 80082 for a prize", (9, 17, 40)), ("See you at lunch?", (5, 9, 33))):
         ids = get_tokenizer().encode(text, disallowed_special=())
         widths = tuple(max(w, len(ids)) for w in widths)
         result = answer(env, "exercise_7_2", model, text, widths, returns=dict,
@@ -34,9 +34,9 @@ def ex7_2(env):
             with torch.no_grad():
                 real = class_logits(model, x, torch.tensor([len(ids)]))[0]
                 column = model(x)[0, -1]
-            for key, expected, hint in (("last_real", real, "the output at position len(ids) - 1"),
-                                        ("last_column", column, "the output at the row's last position, -1, "
-                                                                "which is padding when the row is padded")):
+            for key, expected, hint in (("last_real", real, "the output at the message's last real token"),
+                                        ("last_column", column, "the output at the row's last column (section 7.1 "
+                                                                "shows which position that is)")):
                 t = got[key]
                 require(isinstance(t, torch.Tensor) and t.shape == (2,),
                         f"{call}[{w}]['{key}'] should be a tensor of shape (2,), got "
