@@ -128,7 +128,8 @@ def test_qlora_equals_peft_lora_on_the_dequantized_base(tmp_path, monkeypatch, g
     peft = pytest.importorskip("peft")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ours = quantize_base(load_gpt2(gpt2_dir, attention="fused").eval())
-    apply_lora(ours, LoraConfig(rank=4, alpha=8, targets="all-linear"))
+    # PEFT's LoRA on every Conv1D: ours on the whole qkv projection (not per slice), out_proj and ff
+    apply_lora(ours, LoraConfig(rank=4, alpha=8, targets=("qkv", "out_proj", "ff")))
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)  # the 4-bit base has no parameters to train
     with torch.no_grad():
@@ -150,7 +151,10 @@ def test_qlora_equals_peft_lora_on_the_dequantized_base(tmp_path, monkeypatch, g
             if isinstance(base, Linear4bit):
                 hf.get_submodule(theirs).weight.copy_(base.weight.T)  # Conv1D stores (d_in, d_out)
     export_peft_adapter(ours, tmp_path / "peft", names)
-    theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()
+    theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "peft", is_trainable=True).eval()
+    # per block: c_attn 64 -> 192, attn.c_proj 64 -> 64, c_fc 64 -> 256, mlp.c_proj 256 -> 64; two blocks
+    assert sum(p.numel() for n, p in ours.named_parameters() if n in trainable) == \
+        theirs.get_nb_trainable_parameters()[0] == 2 * 4 * (256 + 128 + 320 + 320) == 8192
     with torch.no_grad():
         torch.testing.assert_close(theirs(x).logits, expected, rtol=0, atol=1e-5)
         # and that base differs from the float one: the comparison is on the 4-bit weights
