@@ -262,8 +262,9 @@ def read_peft_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Te
     for key, fine in _UNSUPPORTED.items():
         value = config.get(key, fine)
         if value != fine and value not in (None, False, {}, []):
+            dora = " (a DoRA adapter: load it with peft_methods.import_peft_dora)" if key == "use_dora" else ""
             raise ValueError(f"{folder / PEFT_CONFIG}: {key}={value!r} is not supported by this LoRA (only "
-                             f"{key}={fine!r}); the adapter would load but compute something else")
+                             f"{key}={fine!r}); the adapter would load but compute something else{dora}")
     try:
         tensors = load((folder / PEFT_WEIGHTS).read_bytes())
     except SafetensorError as e:

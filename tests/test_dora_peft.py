@@ -125,3 +125,19 @@ def test_dora_trainable_count_equals_peft(monkeypatch, gpt2_dir):
     by_hand = 2 * (dora_parameter_count(32, 96, 4) + dora_parameter_count(32, 128, 4)
                    + dora_parameter_count(128, 32, 4))
     assert n == trainable == by_hand == 2 * ((4 * 128 + 96) + (4 * 160 + 128) + (4 * 160 + 32)) == 4096
+
+
+def test_each_import_points_to_the_other(tmp_path, monkeypatch, gpt2_dir):
+    from lora import import_peft_adapter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for use_dora in (True, False):
+        hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir)
+        peft.get_peft_model(hf, peft.LoraConfig(r=4, target_modules=["c_fc"], use_dora=use_dora,
+                                                fan_in_fan_out=True)).save_pretrained(tmp_path / str(use_dora))
+    ours = load_gpt2(gpt2_dir, attention="fused")
+    with pytest.raises(ValueError, match="load it with peft_methods.import_peft_dora"):
+        import_peft_adapter(ours, tmp_path / "True", gpt2_module_names(ours.cfg))
+    with pytest.raises(ValueError, match="not a DoRA adapter"):
+        import_peft_dora(ours, tmp_path / "False", gpt2_module_names(ours.cfg))
+    assert not any(isinstance(m, LinearWithDoRA) for m in ours.modules())

@@ -1,6 +1,12 @@
 """QLoRA: NF4 levels, block-wise quantization with double quantization (against bitsandbytes when it
 runs, and against the QLoRA paper's published levels always), LoRA on a 4-bit base equal to PEFT's
-LoRA on the same dequantized GPT-2, and the bytes the base takes."""
+LoRA on the same dequantized GPT-2, and the bytes the base takes.
+
+bitsandbytes 0.50 runs on a CPU: quantize_4bit / dequantize_4bit, and transformers' 4-bit GPT-2
+(BitsAndBytesConfig) too. But its bnb.nn.Linear4bit forward on a CPU differs from F.linear with its own
+dequantized weight by about 2e-3 (measured on the tiny GPT-2 below: a lower-precision matmul), so the
+PEFT comparison puts the dequantized NF4 weights into transformers' float Conv1D layers and holds
+PEFT's LoRA on top to 1e-5, rather than running PEFT on bnb's 4-bit layers."""
 
 import copy
 import math
