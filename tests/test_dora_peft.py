@@ -42,8 +42,9 @@ def _perturb(params, seed=1):
                 p.mul_(1 + 0.3 * torch.randn(p.shape, generator=g))
 
 
+@pytest.mark.parametrize("attention", ["fused", "separate"])
 @pytest.mark.parametrize("use_rslora", [False, True])
-def test_peft_dora_imports_with_equal_logits(tmp_path, monkeypatch, gpt2_dir, use_rslora):
+def test_peft_dora_imports_with_equal_logits(tmp_path, monkeypatch, gpt2_dir, use_rslora, attention):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
     cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS_PEFT, use_dora=True, fan_in_fan_out=True,
@@ -54,20 +55,26 @@ def test_peft_dora_imports_with_equal_logits(tmp_path, monkeypatch, gpt2_dir, us
     x = _ids()
     with torch.no_grad():
         expected = theirs(x).logits
-    ours = load_gpt2(gpt2_dir, attention="fused").eval()
+    ours = load_gpt2(gpt2_dir, attention=attention).eval()
     with torch.no_grad():
         assert (ours(x) - expected).abs().max() > 1e-2  # the adapter does something
     import_peft_dora(ours, tmp_path / "peft", gpt2_module_names(ours.cfg))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), expected, rtol=0, atol=1e-5)
-    assert sum(isinstance(m, LinearWithDoRA) for m in ours.modules()) == 6
+    # c_attn is one DoRA layer on the fused qkv, or three (one per third) on W_query, W_key, W_value
+    assert sum(isinstance(m, LinearWithDoRA) for m in ours.modules()) == (6 if attention == "fused" else 10)
     assert not any(p.requires_grad for p in ours.parameters())
 
 
-def test_our_dora_exports_to_peft_with_equal_logits(tmp_path, monkeypatch, gpt2_dir):
+@pytest.mark.parametrize("attention,targets", [
+    ("fused", TARGETS_OURS),
+    # queries and values only: c_attn exports at rank 8 (block-diagonal B), the key third keeps its base norms
+    ("separate", ("query", "value", "ff_out")),
+])
+def test_our_dora_exports_to_peft_with_equal_logits(tmp_path, monkeypatch, gpt2_dir, attention, targets):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    ours = load_gpt2(gpt2_dir, attention="fused").eval()
-    apply_dora(ours, LoraConfig(rank=4, alpha=8, targets=TARGETS_OURS, scaling="alpha/sqrt(r)"))
+    ours = load_gpt2(gpt2_dir, attention=attention).eval()
+    apply_dora(ours, LoraConfig(rank=4, alpha=8, targets=targets, scaling="alpha/sqrt(r)"))
     _perturb(ours.named_parameters())
     x = _ids()
     with torch.no_grad():
@@ -78,6 +85,8 @@ def test_our_dora_exports_to_peft_with_equal_logits(tmp_path, monkeypatch, gpt2_
         assert (hf(x).logits - expected).abs().max() > 1e-2
     theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()
     assert theirs.peft_config["default"].use_dora
+    assert theirs.peft_config["default"].rank_pattern == ({} if attention == "fused" else
+                                                          {f"transformer.h.{i}.attn.c_attn": 8 for i in range(2)})
     with torch.no_grad():
         torch.testing.assert_close(theirs(x).logits, expected, rtol=0, atol=1e-5)
 
