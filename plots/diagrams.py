@@ -207,7 +207,7 @@ def adapters_diagram():
     return fig
 
 
-DIAGRAMS = {"06_lora_branch.png": lora_branch_diagram, "06_fused_qkv_lora.png": fused_qkv_diagram,
+DIAGRAMS = {"05_lora_branch.png": lora_branch_diagram, "06_fused_qkv_lora.png": fused_qkv_diagram,
             "08_adapters_swap_merge.png": adapters_diagram}
 
 

@@ -16,7 +16,8 @@ What it does, in order:
     then W + scale * (A B)^T folded into each frozen weight (lora.merge_lora): the logits must not change
     beyond float32 rounding, and lora.unmerge_lora must give the original weights back.
  3. Plots the factor in front of x A B against the rank for alpha/r (LoRA paper, PEFT), alpha/sqrt(r)
-    (rsLoRA) and alpha (the book's first printing) at --alpha (--out/06_scale_vs_rank.png).
+    (rsLoRA) and alpha (the book's first printing) at --alpha (--out/06_scale_vs_rank.png): the figure of
+    the notebooks' section 5.6 (chapter 6 shows the `scaling=` switch on a layer, section 6.7).
 
 Pricing uses the meta device whatever --device says; the merge check runs on --device (auto: CUDA,
 then Apple MPS, then CPU), in float32.
