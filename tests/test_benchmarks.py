@@ -49,6 +49,7 @@ def test_markdown_table_formats_numbers():
                                   "| lora | 4,674 | 1,234 |"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM is Linux's")
 def test_peak_rss_of_a_subprocess_is_its_own_not_the_parents():
     import subprocess
@@ -124,6 +125,7 @@ def _load(out: Path, name: str) -> dict:
     return data["results"]
 
 
+@pytest.mark.slow
 def test_lora_vs_full_quick(quick_results):
     res = _load(quick_results, "lora_vs_full")["shapes"][0]
     assert res["shape"] == "gpt-tiny" and (res["batch_size"], res["tokens"]) == (2, 16)
@@ -138,6 +140,7 @@ def test_lora_vs_full_quick(quick_results):
     assert rows["full"]["flops"]["total"] == 5_124_096
 
 
+@pytest.mark.slow
 def test_peers_quick_agree_before_timing(quick_results):
     res = _load(quick_results, "peers")
     assert [k["kernel"] for k in res["kernels"]] == ["eager", "sdpa"]
@@ -151,6 +154,7 @@ def test_peers_quick_agree_before_timing(quick_results):
         assert k["ours_vs_peft"] > 0 and k["ours_vs_book"] > 0
 
 
+@pytest.mark.slow
 def test_attention_quick(quick_results):
     res = _load(quick_results, "attention")
     assert set(res["levels"]) == {"attention module", "whole GPT"}
@@ -161,6 +165,7 @@ def test_attention_quick(quick_results):
                                     "fused / SDPA"}
 
 
+@pytest.mark.slow
 def test_inference_quick(quick_results):
     res = _load(quick_results, "inference")
     assert res["merged_vs_unmerged_max_abs_diff"] < 1e-4
@@ -176,6 +181,7 @@ def test_inference_quick(quick_results):
     assert all(v["x_base"] > 0 for v in res["batches"]["1"].values())
 
 
+@pytest.mark.slow
 def test_mfu_quick(quick_results):
     res = _load(quick_results, "mfu")
     cases = res["cases"]
@@ -184,6 +190,7 @@ def test_mfu_quick(quick_results):
     assert cases["matmul 256x256 @ 256x256"]["flops"] == 2 * 256**3
 
 
+@pytest.mark.slow
 def test_peft_methods_quick(quick_results):
     res = _load(quick_results, "peft_methods")
     rows = res["methods"]
@@ -195,6 +202,7 @@ def test_peft_methods_quick(quick_results):
     assert (quick_results / "peft_methods.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_generate_quick(quick_results):
     res = _load(quick_results, "generate")
     assert (res["shape"], res["batch_size"], res["prompt_tokens"], res["new_tokens"]) == ("gpt-tiny", 1, 8, 16)
@@ -205,6 +213,7 @@ def test_generate_quick(quick_results):
                                            / res["variants"]["KV cache"]["seconds"]["median"])
 
 
+@pytest.mark.slow
 def test_run_all_writes_the_readme(quick_results):
     readme = (quick_results / "README.md").read_text()
     assert "--quick results" in readme

@@ -11,6 +11,8 @@ import pytest
 import torch
 from importlib import import_module
 
+pytestmark = pytest.mark.slow  # runs every chapter script end to end (their counts: tests/test_taught_counts.py)
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,6 +16,8 @@ import pytest
 
 from classify.data import sha256_of
 
+pytestmark = pytest.mark.slow  # fine-tunes gpt-mini to its accuracy floor (minutes)
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "data" / "gpt-mini" / "model.safetensors"
 RECORD = ROOT / "results" / "spam_floor.json"

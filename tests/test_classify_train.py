@@ -140,6 +140,7 @@ def test_split_batch_keeps_every_example_once_and_trims_padding():
     assert len(split_batch(batch, 20)) == 8  # more parts than rows: one example each, no empty micro-batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad_accum", [2, 3, 8])
 def test_gradient_accumulation_takes_the_same_steps_as_the_whole_batch(grad_accum):
     """Batches of 8 cut into 2, 3 (uneven: 3+3+2) or 8 micro-batches: the same trained weights and the same
@@ -153,6 +154,7 @@ def test_gradient_accumulation_takes_the_same_steps_as_the_whole_batch(grad_accu
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_is_not_the_same_as_small_batches():
     """Control: 4 micro-batches of 2 per step is NOT the same as steps of 2 (4x the steps): the test above
     would catch an implementation that stepped after every micro-batch."""

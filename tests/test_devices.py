@@ -175,6 +175,7 @@ print(json.dumps({"before": before, "after": after, "bytes": peak_memory_bytes("
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads VmHWM from /proc")
 def test_peak_memory_sees_a_256_mib_tensor():
     """gpt.device.peak_memory_mib, measured in a fresh process: a 256 MiB tensor raises the peak RSS by
@@ -229,6 +230,7 @@ def test_other_command_lines_refuse_a_missing_gpu(tmp_path):
 
 # ----------------------------------------------------------------------------- --device cpu = the default
 
+@pytest.mark.slow
 def test_device_cpu_writes_the_numbers_the_default_writes(tmp_path):
     """ch02 --quick: attention weights, token ids and the fused-vs-separate difference. Where auto is
     the CPU they must be identical; on a GPU machine the default runs on the GPU: equal to float32 rounding."""

@@ -4,6 +4,8 @@ import pytest
 
 from plots import diagrams
 
+pytestmark = pytest.mark.slow  # draws and saves every diagram with matplotlib
+
 # The texts each diagram must show (matplotlib's mathtext source, as written on the axes).
 PROMISED = {
     "lora_branch_diagram": [r"$x$", r"$W$  (frozen)", r"$A$", r"$B$", r"$\times\,\alpha/r$", "+", r"$y$",

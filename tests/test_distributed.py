@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RTOL_LOSS, ATOL_WEIGHTS = 1e-5, 1e-5
 
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [pytest.mark.slow,  # starts process groups and torchrun
+              pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                 reason="torch.distributed with gloo is not available")]
 
 
 # ----------------------------------------------------------------------------- unit level

@@ -34,6 +34,8 @@ from otter.test_files.exception_test import ExceptionTestFile
 
 from checks import _guard  # notebooks/checks/: pyproject puts notebooks/ on the path, as a notebook sees it
 
+pytestmark = pytest.mark.slow  # runs every exercise check on its reference, planted and typed-in answers
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 

@@ -17,6 +17,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from gpt import END_OF_TEXT_ID, convert_attention, generate, generate_text
 from gpt.weights import load_gpt2
 
+pytestmark = pytest.mark.slow  # compares cached and uncached generation over whole contexts
+
 TINY = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50257)
 NEW = 12  # tokens to generate
 

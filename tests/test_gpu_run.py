@@ -80,6 +80,7 @@ def test_only_picks_steps_and_names_unknown_ones(capsys):
     assert "unknown step(s) ['mfu']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not NO_GPU, reason="needs a machine without CUDA")
 def test_refuses_without_cuda_in_one_line(tmp_path):
     out = tmp_path / "out"
@@ -91,6 +92,7 @@ def test_refuses_without_cuda_in_one_line(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_runner_records_exit_codes_time_limits_and_skips(tmp_path, monkeypatch):
     """The runner itself, with CUDA simulated and four tiny steps: one passes, one runs past its limit and
     is stopped, one fails, one is skipped because the budget is spent."""

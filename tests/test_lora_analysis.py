@@ -257,6 +257,7 @@ def run_chapter_script(*args: str):
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_chapter_9_script_recomputes_the_numbers_from_the_committed_results():
     done = run_chapter_script("analyse")
     assert done.returncode == 0, done.stderr
@@ -267,6 +268,7 @@ def test_chapter_9_script_recomputes_the_numbers_from_the_committed_results():
     assert "Figures 3/4, r=8 vs r=64: phi(1, 1) median" in done.stdout
 
 
+@pytest.mark.slow
 def test_chapter_9_script_refuses_a_missing_runs_folder_in_one_line(tmp_path):
     done = run_chapter_script("collect", "--runs", str(tmp_path / "nowhere"), "--results", str(tmp_path / "out"))
     assert done.returncode == 2

@@ -19,6 +19,7 @@ from lora import (FusedQKVWithLoRA, LinearWithLoRA, LoraConfig, add_adapter, app
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_no_lora_module_imports_gpt():
     modules = sorted(f"lora.{m.name}" for m in pkgutil.iter_modules(lora.__path__))
     assert {"lora.apply", "lora.targets", "lora.merge", "lora.counts", "lora.peft_format"} <= set(modules)

@@ -37,6 +37,7 @@ def test_pretrain_refuses_bad_arguments_before_loading_any_data(tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_pretrain_max_steps_zero_is_one_line_and_exit_code_2(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain.py"), "--quick", "--max-steps", "0",
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120,

@@ -105,6 +105,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL and the orphan clean-up are POSIX")
 def test_sigkill_during_save_keeps_the_previous_file(tmp_path):
     path = tmp_path / "train_state.pt"
@@ -281,6 +282,7 @@ def test_no_unsafe_loading_in_the_project():
 
 # ----------------------------------------------------------------------------- merge drift
 
+@pytest.mark.slow
 def test_1000_merge_unmerge_cycles_drift_at_most_1e5():
     import lora
     model = tiny(0)

@@ -23,6 +23,8 @@ import scripts.finetune_spam as finetune_spam
 import scripts.predict as predict
 from classify.comparison import PROBE, ROWS
 
+pytestmark = pytest.mark.slow  # fine-tunes through scripts/ end to end
+
 # gpt-tiny + LoRA r=16 on all linear layers: per block 4 x 16 x (32 + 32) for W_query, W_key, W_value,
 # out_proj and 2 x 16 x (32 + 128) for the feed-forward pair = 9,216; two blocks; plus the 2-class head 66.
 TINY_LORA_TRAINABLE = 2 * 9_216 + 66  # 18,498

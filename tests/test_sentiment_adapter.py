@@ -13,6 +13,8 @@ import pytest
 from classify.data import sha256_of
 from importlib import import_module
 
+pytestmark = pytest.mark.slow  # trains the chapter 8 adapters
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "data" / "gpt-mini" / "model.safetensors"
 RECORD = ROOT / "results" / "sentiment_comparison.json"

@@ -31,6 +31,8 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds the course website (also `browser`)
+
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 OWN_PAGES = sorted(p.stem for p in (ROOT / "docs").glob("*.md"))

@@ -28,6 +28,7 @@ def test_exercise_4_2_top1_is_greedy_and_temperature_limits():
     assert int(other["cold"].argmax()) == 1 and other["cold"].shape == (3,) and other["top1_equals_greedy"] == {2.0: True}
 
 
+@pytest.mark.slow
 def test_exercise_4_3_crash_and_resume_is_exact(tmp_path):
     out = ch04.exercise_4_3(tmp_path)
     assert out["saved_step"] == 4  # the crash at step 6 came before the step-6 save

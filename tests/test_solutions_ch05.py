@@ -84,6 +84,7 @@ def _printed(text: str, pattern: str) -> list[float]:
     return [float(g.replace(",", "")) for g in match.groups()]
 
 
+@pytest.mark.slow
 def test_script_writes_the_figures_and_what_it_printed(quick_run):
     results, _, out = quick_run
     for name in ("05_rank_r_error.png", "05_params_vs_rank.png", "05_scale_vs_rank.png", "05_first_update_vs_rank.png",
@@ -94,6 +95,7 @@ def test_script_writes_the_figures_and_what_it_printed(quick_run):
     assert "scaling_runs" not in results
 
 
+@pytest.mark.slow
 def test_script_rank_and_truncated_svd(quick_run):
     results, text, _ = quick_run
     svd = results["rank_and_svd"]
@@ -108,6 +110,7 @@ def test_script_rank_and_truncated_svd(quick_run):
     assert _printed(text, r"random 256 x 256: relative error at r = 8: (\S+),") == [0.94]
 
 
+@pytest.mark.slow
 def test_script_linear_with_lora_is_the_formula_written_out(quick_run):
     results, text, _ = quick_run
     n = results["notation"]
@@ -118,6 +121,7 @@ def test_script_linear_with_lora_is_the_formula_written_out(quick_run):
     assert n["delta_w_shape"] == [512, 64] and n["delta_w_rank"] == 8
 
 
+@pytest.mark.slow
 def test_script_parameter_counts(quick_run):
     results, text, _ = quick_run
     counts = results["parameter_counts"]
@@ -129,6 +133,7 @@ def test_script_parameter_counts(quick_run):
     assert _printed(text, r"query and value: ([\d,]+) \| gpt-mini") == [294_912]
 
 
+@pytest.mark.slow
 def test_script_first_update_shrinks_with_r_under_alpha_over_r(quick_run):
     results, text, _ = quick_run
     sizes = results["scale"]["first_update_norm"]
@@ -145,6 +150,7 @@ def test_script_first_update_shrinks_with_r_under_alpha_over_r(quick_run):
     assert _printed(text, r"at r = 16, alpha / \(alpha/r\): (\S+)x") == [16.0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SPAM_COMPARISON.is_file(), reason="results/spam_comparison.json not present")
 def test_script_points_to_chapter_7_for_the_spam_alpha_runs(quick_run):
     results, text, _ = quick_run
@@ -155,6 +161,7 @@ def test_script_points_to_chapter_7_for_the_spam_alpha_runs(quick_run):
         assert f"{scaling}: test accuracy {100 * rows[f'scale-{scaling}']['test_accuracy']:.2f} %" in text
 
 
+@pytest.mark.slow
 def test_script_energy_of_a_real_delta_w(quick_run):
     results, text, _ = quick_run
     dw = results["delta_w"]

@@ -54,6 +54,7 @@ def test_exercise_8_4_every_adapter_asked_and_the_active_one_put_back():
     assert out["agree"] < 32  # two different classifiers: they disagree somewhere
 
 
+@pytest.mark.slow
 def test_script_quick_run_end_to_end(tmp_path):
     script = import_module("scripts.ch08_adapters")
     results = script.main(["--quick", "--out", str(tmp_path), "--threads", "1", "--no-progress"], log=lambda s: None)

@@ -30,6 +30,8 @@ import pytest
 
 from scripts import make_student_release
 
+pytestmark = pytest.mark.slow  # builds the student release and runs its tests
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "make_student_release.py"
 CHECKS = sorted((ROOT / "notebooks" / "checks").glob("ch[0-9][0-9]/ex*.py"))

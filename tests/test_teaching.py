@@ -133,6 +133,7 @@ def small_notebook(path: Path, second_cell: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_notebook_times_runs_in_place_with_the_threads_asked_for(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_QUICK", "1")  # the script must unset it: a full run
     path = small_notebook(tmp_path / "01_small.ipynb", "import os, time, torch\ntime.sleep(0.5)\n"
@@ -149,6 +150,7 @@ def test_notebook_times_runs_in_place_with_the_threads_asked_for(tmp_path, monke
     assert cells[1].outputs[0]["text"] == "1 None\n"  # 1 thread, LORA_QUICK unset
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_is_left_as_it_was(tmp_path, capsys):
     path = small_notebook(tmp_path / "01_broken.ipynb", "raise ValueError('planted')")
     before = path.read_bytes()

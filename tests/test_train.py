@@ -92,6 +92,7 @@ class _Take(torch.utils.data.Dataset):
         return self.data[i]
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_the_loss_and_writes_its_files(windows, tmp_path):
     train, val = windows
     model = tiny_model(0, drop_rate=0.0)
@@ -143,6 +144,7 @@ class _Interrupt(torch.utils.data.Dataset):
         return self.data[i]
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical_to_an_uninterrupted_run(windows, tmp_path, capsys):
     train, val = windows
     cfg = quick_config()  # 6 steps, a checkpoint every 2, dropout on (gpt-tiny: 0.1)
@@ -172,6 +174,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(windows, tmp_path, caps
     assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), straight.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_resume_depends_on_the_saved_random_state(windows, tmp_path):
     """The control for the test above: resuming with another dropout random state gives other
     weights, so the equality there is evidence that the random state is restored."""

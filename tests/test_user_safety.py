@@ -119,6 +119,7 @@ def test_quick_run_refuses_to_replace_a_real_run(finetune_spam, user_run, capsys
     assert snapshot(out) == before and leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_quick_run_may_replace_an_earlier_quick_run(finetune_spam, tmp_path):
     out = tmp_path / "q"
     first = run_main(finetune_spam.main, ["--quick", "--no-progress", "--probe", "--out", str(out)])
@@ -208,6 +209,7 @@ def test_second_writer_is_refused(finetune_spam, user_run, capsys):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_training_leaves_the_previous_run_whole(user_run):
     out, before = user_run
     cmd = [sys.executable, str(ROOT / "scripts" / "finetune_spam.py"), "--model", "random:gpt-tiny", "--epochs", "1",
