@@ -37,9 +37,9 @@ def ex6_4(env):
                 f"with autograd, once per init. Hint: push x through each branch and call .backward(grad_out).")
         fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(d_in, r))  # what torch reads
         require(close(result["book_bound"], 1 / math.sqrt(fan_in), rel=1e-6),
-                f"{call}['book_bound'] = {result['book_bound']:.4g} is not the bound torch uses; hint: "
-                f"kaiming_uniform_(t, a=sqrt(5)) gives U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and for a 2-D tensor torch "
-                f"takes fan_in from its SECOND dimension.")
+                f"{call}['book_bound'] = {result['book_bound']:.4g} is not the bound torch uses; hint: ask torch, "
+                f"not the formula you expect: run the book's call on a tensor of A's shape and read which fan-in it "
+                f"used (torch.nn.init._calculate_fan_in_and_fan_out).")
         require(close(result["linear_bound"], 1 / math.sqrt(d_in), rel=1e-6),
                 f"{call}['linear_bound'] = {result['linear_bound']:.4g}; hint: nn.Linear(d_in, r) stores (r, d_in).")
         require(close(result["grad_B_ratio"], result["book_bound"] / result["linear_bound"], rel=1e-4),
