@@ -115,6 +115,7 @@ def test_chapter_7_full_last_block_and_lora():
         set_trainable(model, method)
         counts[method] = trainable(model)
     assert counts == {"full": 17_666_306, "last-block": 790_018}
+    assert count_parameters(meta(MINI)) == 17_665_792  # gpt-mini with its LM head (tied): 514 fewer than the classifier
     assert lora_on(MINI, LoraConfig(rank=16, alpha=16, targets=ALL_LINEAR, modules_to_save=("out_head",))) == 442_882
     assert 17_666_306 // 442_882 == 39  # "40 times more": 39.9
 
