@@ -75,6 +75,20 @@ def test_principal_angles_of_shared_and_orthogonal_directions():
     assert float(principal_angles(Q[:, :1], tilted)[0]) == pytest.approx(30.0, abs=1e-6)
 
 
+
+@pytest.mark.parametrize("degrees", [0.0, 60.0, 90.0])
+def test_two_planes_that_share_a_line_chapter_9s_example(degrees):
+    """Chapter 9's planes in R^3: the x-y plane and the plane through the x axis turned by theta about it. The
+    angles are 0 and theta, and phi = (1 + cos^2 theta) / 2 is their mean cos^2 (0.625 at 60 degrees)."""
+    t = math.radians(degrees)
+    P1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    P2 = torch.tensor([[1.0, 0.0], [0.0, math.cos(t)], [0.0, math.sin(t)]])
+    torch.testing.assert_close(principal_angles(P1, P2), torch.tensor([0.0, degrees], dtype=torch.float64),
+                               atol=1e-3, rtol=0)
+    assert subspace_similarity(P1, P2) == pytest.approx((1 + math.cos(t) ** 2) / 2, abs=1e-6)
+    assert subspace_similarity(P1, P2) == pytest.approx(
+        float(torch.cos(torch.deg2rad(principal_angles(P1, P2))).square().mean()), abs=1e-6)
+
 # ------------------------------------------------------------------------------------------ Delta W against W
 def test_amplification_factor_of_a_built_example():
     """W = diag(10, 5, 1, 0.5, ...); Delta W = 3 e_3 e_3^T + 4 e_4 e_4^T touches only W's weak directions 3 and 4.
