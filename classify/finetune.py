@@ -37,13 +37,14 @@ from classify.data import SMS_SPAM_FILE, SMS_SPAM_LABELS, spam_splits
 from classify.dataset import make_loader, split_datasets
 from classify.model import TRAINABLE_CHOICES, add_classification_head, predict_texts, set_trainable
 from classify.saved import MIN_FREE_BYTES, classifier_info, run_folder, write_classifier
-from classify.train import evaluate, plot_history, train_classifier
+from classify.train import evaluate, train_classifier
 from common.files import atomic_write_text
 from gpt.device import peak_memory_mib, pick_device, reset_peak_memory
 from gpt.distributed import cleanup, get_world_size, init_distributed, is_main_process, shard_loader, unwrap, wrap_model
 from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
 from gpt.train import learning_rate
 from lora.config import SCALINGS, LoraConfig
+from plots.figures import plot_history
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("lora", *TRAINABLE_CHOICES)  # lora, full, last-block, head

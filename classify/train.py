@@ -3,7 +3,7 @@
 The book's `train_classifier_simple` (chapter 6) with a few things a reader will want:
 a progress bar, a history that says how many examples the model had seen at each evaluation,
 a clear error when the loss becomes NaN/inf (which step, which learning rate), a seed, an
-optional learning-rate schedule and gradient clipping, and plots of the curves.
+optional learning-rate schedule and gradient clipping (plots.figures.plot_history draws the curves).
 
 It also runs unchanged under DistributedDataParallel: the model is only ever called as a
 whole (`class_logits(model, ...)`), a DistributedSampler gets `set_epoch` so every epoch has
@@ -26,7 +26,6 @@ from tqdm import tqdm
 from classify.model import last_token_logits
 from gpt.device import autocast
 from gpt.distributed import all_reduce_sum, get_world_size, is_main_process, sync_gradients
-from plots.figures import new_figure, save_figure
 
 
 def batch_loss_terms(model, batch, device, bf16: bool | None = None, prefix: bool = True):
@@ -266,30 +265,5 @@ def train_classifier(model, train_loader, val_loader, optimizer, epochs: int, de
     return history
 
 
-def plot_history(history: ClassifierHistory | dict, path: str | Path, title: str = "fine-tuning") -> Path:
-    """The curves against examples seen, as a PNG: the last-token loss (train running average, solid;
-    validation, dashed) and the prefix term at every token (the same two, lighter), then accuracy.
-    Every training curve has its validation twin of the same quantity."""
-    h = history if isinstance(history, dict) else history.to_dict()
-    fig, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(9, 3.4), dpi=100)
-    x = h["examples_seen"]
-    ax_loss.plot(x, h["train_loss"], color="C0", label="last token, train (running)")
-    ax_loss.plot(x, h["val_loss"], color="C0", ls="--", label="last token, validation")
-    if h.get("train_prefix_loss") and h.get("val_prefix_loss"):  # absent from histories saved before they existed
-        ax_loss.plot(x, h["train_prefix_loss"], color="C1", label="every token, train (running)")
-        ax_loss.plot(x, h["val_prefix_loss"], color="C1", ls="--", label="every token, validation")
-    ax_loss.set_ylabel("cross-entropy (nats/message)")
-    ax_acc.plot(x, [100 * a for a in h["train_accuracy"]], color="C0", label="train (running)")
-    ax_acc.plot(x, [100 * a for a in h["val_accuracy"]], color="C0", ls="--", label="validation")
-    ax_acc.set_ylabel("accuracy at the last token (%)")
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("training examples seen")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
 __all__ = ["ClassifierHistory", "batch_loss", "batch_loss_terms", "evaluate", "split_batch", "train_classifier",
-           "training_loss", "plot_history"]
+           "training_loss"]

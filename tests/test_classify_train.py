@@ -10,7 +10,8 @@ from torch.utils.data.distributed import DistributedSampler
 from classify.data import Example
 from classify.dataset import ClassificationDataset, make_loader
 from classify.model import add_classification_head, class_logits, set_trainable
-from classify.train import ClassifierHistory, batch_loss, evaluate, plot_history, split_batch, train_classifier
+from classify.train import ClassifierHistory, batch_loss, evaluate, split_batch, train_classifier
+from plots.figures import plot_history
 from gpt import GPTConfig, GPTModel
 
 # A toy task the tiny model learns in a few steps: does the message contain "free"?

@@ -216,8 +216,10 @@ def patches_the_package(max_length=256, strides=(128, 256)):
 BAD_ANSWERS = {
     "wrong type": (EX1_3, returns_the_difference, "exercise_1_3 should return a tuple (embedding, linear): the two layers, "
                                                   "but it returned float 0.0"),
-    "raises": (EX1_3, raises, "exercise_1_3() raised RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
-    "never returns": (EX1_3, never_returns, "exercise_1_3() did not return within 1 seconds"),
+    "raises": (EX1_3, raises, "exercise_1_3(vocab_size=500, emb_dim=4, seed=3) raised RuntimeError: "
+                                   "mat1 and mat2 shapes cannot be multiplied"),
+    "never returns": (EX1_3, never_returns, "exercise_1_3(vocab_size=500, emb_dim=4, seed=3) did not return "
+                                               "within 1 seconds"),
     "default dtype": (EX1_3, leaves_float64, "exercise_1_3 changed torch's default dtype to torch.float64"),
     "grad mode": (EX1_3, leaves_grad_off, "exercise_1_3 switched gradients off for the whole notebook"),
     "monkeypatch": (EX1_1, patches_the_package, "exercise_1_1 replaced gpt.data.TokenWindows.__len__ (put back)"),

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow  # runs the chapter notebooks top to bottom (minut
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 MAX_NOTEBOOK_BYTES = 500_000
+RELEASE = not (ROOT / "solutions").is_dir()  # the student release ships without solutions/
 # The lines of the first code cell that pick the device (see the module docstring).
 PICK_DEVICE = re.compile(r'^from gpt\.device import pick_device\n'
                          r'DEVICE = pick_device\(os\.environ\.get\("LORA_DEVICE", "auto"\)\)', re.MULTILINE)
@@ -46,7 +47,9 @@ def test_committed_notebook_is_clean(path):
     code_cells = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
     assert code_cells, f"{path.name} has no code"
     for i, cell in enumerate(code_cells):
-        assert cell.execution_count is not None, f"{path.name}: code cell {i} was never executed"
+        # The student release clears its check cells (a verdict appears when the student runs one).
+        cleared_check = RELEASE and "grader.check(" in cell.source and not cell.outputs
+        assert cell.execution_count is not None or cleared_check, f"{path.name}: code cell {i} was never executed"
         for out in cell.outputs:
             assert out.output_type != "error", f"{path.name}: code cell {i} has an error output: {out.get('ename')}"
     first_output = "".join(o.get("text", "") for o in code_cells[0].outputs)

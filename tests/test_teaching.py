@@ -1,6 +1,6 @@
-"""TEACHING.md agrees with what it quotes, and benchmarks/notebook_times.py measures and writes safely.
+"""TEACHING.md agrees with what it quotes, and benchmarks.notebook_times measures and writes safely.
 
-* The run-time table of TEACHING.md is exactly benchmarks/notebook_times.py's rendering of
+* The run-time table of TEACHING.md is exactly benchmarks.notebook_times's rendering of
   results/notebook_times.json (skipped, saying so, only while that file does not exist yet).
 * The exercise table's difficulty and minutes are the ones the notebooks' statements give.
 * notebook_times.py on a two-cell notebook: the torch threads asked for are the ones the notebook ran with
