@@ -122,3 +122,50 @@ def test_an_adapter_without_the_embedding_runs_the_base_table(tmp_path):
     load_adapter(fresh, tmp_path / "words")
     assert isinstance(fresh.tok_emb, EmbeddingWithLoRA)
     torch.testing.assert_close(fresh(x), with_words, rtol=0, atol=1e-6)
+
+
+def test_embedding_dims_refusals_name_the_problem():
+    """embedding_dims refuses, with these messages: LoRA on LoRA, a layer that is not an nn.Embedding, and an
+    nn.Embedding with max_norm (its lookup renormalises rows in place)."""
+    layer = EmbeddingWithLoRA(nn.Embedding(V, D), rank=R, alpha=8)
+    with pytest.raises(ValueError, match=r"^this layer already has LoRA \(EmbeddingWithLoRA\); LoRA cannot be applied "
+                                         r"twice to one layer \(add another adapter by name instead\)$"):
+        EmbeddingWithLoRA(layer, rank=R, alpha=8)
+    with pytest.raises(TypeError, match=r"^EmbeddingWithLoRA wraps nn\.Embedding layers, got Linear$"):
+        EmbeddingWithLoRA(nn.Linear(V, D), rank=R, alpha=8)
+    with pytest.raises(ValueError, match=r"^LoRA on an nn\.Embedding with max_norm is not supported: the lookup "
+                                         r"renormalises the base rows in place, and the update would be added after it$"):
+        EmbeddingWithLoRA(nn.Embedding(V, D, max_norm=1.0), rank=R, alpha=8)
+
+
+def test_embedding_add_adapter_defaults_and_rank_check():
+    """A second adapter on a table: scale alpha / r by default, PEFT's init (A = 0, B ~ N(0, 1) from the
+    global generator), no dropout even when asked for, and rank <= min(V, d) checked by default."""
+    layer = EmbeddingWithLoRA(nn.Embedding(V, D), rank=R, alpha=8)
+    torch.manual_seed(5)
+    branch = layer.add_adapter("b", rank=2, alpha=6)
+    torch.manual_seed(5)
+    torch.empty(V, 2).uniform_()  # the linear layers' draw of A comes first (then A is zeroed)
+    assert torch.equal(branch.lora_B, torch.empty(2, D).normal_())
+    assert branch.scale == 3.0 and branch.scaling == "alpha/r"
+    assert torch.equal(branch.lora_A, torch.zeros(V, 2))
+    assert isinstance(layer.add_adapter("c", rank=2, alpha=6, dropout=0.5).dropout, nn.Identity)
+    assert layer.add_adapter("d", rank=2, alpha=6, scaling="alpha").scale == 6.0
+    with pytest.raises(ValueError, match=r"^LoRA rank 17 is larger than min\(d_in=50, d_out=16\) = 16 for "
+                                         r"EmbeddingWithLoRA\(Embedding 50 -> 16\): "):
+        layer.add_adapter("e", rank=17, alpha=8)
+    assert layer.add_adapter("f", rank=17, alpha=8, check_rank=False).lora_A.shape == (V, 17)
+
+
+def test_embedding_on_a_bf16_table_returns_bf16():
+    """A bf16 table keeps an fp32 adapter; the output is bf16, exactly the table row + the update rounded
+    to bf16."""
+    table = nn.Embedding(V, D).to(torch.bfloat16)
+    layer = EmbeddingWithLoRA(table, rank=R, alpha=8)
+    random_factors(layer)
+    branch = layer.lora["default"]
+    assert branch.lora_A.dtype == torch.float32
+    ids = torch.tensor([[3, 0, 49]])
+    out = layer(ids)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, table(ids) + (2.0 * branch.lora_A[ids] @ branch.lora_B).to(torch.bfloat16))

@@ -230,3 +230,264 @@ def test_fused_attention_module_works_with_wrapped_qkv():
     before = attn(x)
     attn.qkv = FusedQKVWithLoRA(attn.qkv, rank=2, alpha=4)
     assert torch.equal(attn(x), before)
+
+
+# ---- Pinned by value (each test kills mutants of lora/layers.py that the tests above let through) ----
+
+
+def test_lora_layer_initial_values_at_a_fixed_seed():
+    """A is exactly nn.Linear(d_in, r)'s default draw, uniform(-1/sqrt(d_in), +1/sqrt(d_in)) = +-1/8 at
+    d_in=64, taken from the global generator; B is exactly zero. Same rule for the fused qkv branch."""
+    torch.manual_seed(7)
+    layer = LoRALayer(64, 16, rank=4, alpha=8)
+    torch.manual_seed(7)
+    assert torch.equal(layer.lora_A, torch.empty(64, 4).uniform_(-1 / 8, 1 / 8))
+    assert torch.equal(layer.lora_B, torch.zeros(4, 16))
+    torch.manual_seed(7)
+    qkv = QKVLoRALayer(16, 6, rank=3, alpha=8, enable=(True, True, False))
+    torch.manual_seed(7)
+    assert torch.equal(qkv.lora_A, torch.empty(16, 2 * 3).uniform_(-1 / 4, 1 / 4))
+    assert torch.equal(qkv.lora_B, torch.zeros(2, 3, 6))
+
+
+def test_qkv_layer_defaults_and_scaling_rules():
+    """QKVLoRALayer's defaults: no dropout, scale alpha / r; each scaling rule gives its own factor."""
+    layer = QKVLoRALayer(8, 6, rank=4, alpha=8)
+    assert layer.scale == 2.0 and layer.enable == (True, False, True) and layer.enabled_slots == (0, 2)
+    assert isinstance(layer.dropout, nn.Identity)
+    assert QKVLoRALayer(8, 6, rank=4, alpha=8, scaling="alpha").scale == 8.0
+    assert QKVLoRALayer(8, 6, rank=4, alpha=8, scaling="alpha/sqrt(r)").scale == 4.0
+
+
+def test_branch_reprs():
+    """What print(model) shows for a branch: shapes, rank, alpha (%g), scaling, and the dropout module
+    (Identity when dropout is 0, so a reader sees at once that none runs)."""
+    assert repr(LoRALayer(8, 6, rank=2, alpha=3)) == (
+        "LoRALayer(\n  d_in=8, d_out=6, rank=2, alpha=3, scaling='alpha/r'\n  (dropout): Identity()\n)")
+    assert repr(LoRALayer(8, 6, rank=2, alpha=2.5, dropout=0.1, scaling="alpha")) == (
+        "LoRALayer(\n  d_in=8, d_out=6, rank=2, alpha=2.5, scaling='alpha'\n"
+        "  (dropout): Dropout(p=0.1, inplace=False)\n)")
+    assert repr(QKVLoRALayer(8, 6, rank=2, alpha=4, enable=(True, False, True))) == (
+        "QKVLoRALayer(\n  d_in=8, d=6, enable=['query', 'value'], rank=2, alpha=4, scaling='alpha/r'\n"
+        "  (dropout): Identity()\n)")
+    assert repr(QKVLoRALayer(10, 6, rank=3, alpha=0.5, enable=(False, True, False), dropout=0.2,
+                             scaling="alpha/sqrt(r)")) == (
+        "QKVLoRALayer(\n  d_in=10, d=6, enable=['key'], rank=3, alpha=0.5, scaling='alpha/sqrt(r)'\n"
+        "  (dropout): Dropout(p=0.2, inplace=False)\n)")
+    assert repr(QKVLoRALayer(8, 6, rank=2, alpha=1, enable=(True, True, True))).startswith(
+        "QKVLoRALayer(\n  d_in=8, d=6, enable=['query', 'key', 'value'], rank=2, alpha=1, scaling='alpha/r'\n")
+
+
+def test_qkv_dropout_runs_in_training_only():
+    """With dropout=0.5 the fused branch sees dropout(x) in training (the same mask F.dropout draws from the
+    same seed) and x itself in eval mode."""
+    layer = QKVLoRALayer(8, 6, rank=2, alpha=4, enable=(True, True, False), dropout=0.5)
+    _randomise_B(layer)
+    x = torch.randn(3, 8)
+    A, B = layer.lora_A, layer.lora_B
+
+    def formula(inp):
+        codes = inp @ A * 2.0
+        return codes[:, :2] @ B[0], codes[:, 2:] @ B[1]
+
+    layer.train()
+    torch.manual_seed(3)
+    out = layer(x)
+    torch.manual_seed(3)
+    expected = formula(nn.functional.dropout(x, 0.5, training=True))
+    for got, want in zip(out, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert not torch.allclose(out[0], formula(x)[0])  # the mask did drop something
+    layer.eval()
+    for got, want in zip(layer(x), formula(x)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: LoRALayer(8, 6, rank=2, alpha=4, **kw),
+                                  lambda **kw: QKVLoRALayer(8, 6, rank=2, alpha=4, **kw)],
+                         ids=["LoRALayer", "QKVLoRALayer"])
+def test_branches_live_on_the_given_device_and_dtype(make):
+    """dtype=float64: both factors are float64 and a float32 input is cast to them, so the update equals
+    the float64 formula to 1e-12; device='meta': both factors are on the meta device."""
+    layer = make(dtype=torch.float64)
+    assert layer.lora_A.dtype == torch.float64 and layer.lora_B.dtype == torch.float64
+    _randomise_B(layer)
+    x = torch.randn(3, 8)
+    out = layer(x)
+    out = out if isinstance(out, tuple) else (out,)
+    B = layer.lora_B if layer.lora_B.dim() == 3 else layer.lora_B[None]
+    codes = x.double() @ layer.lora_A * 2.0
+    for j, got in enumerate(out):
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, codes[:, 2 * j:2 * j + 2] @ B[j], rtol=0, atol=1e-12)
+    meta = make(device="meta")
+    assert meta.lora_A.is_meta and meta.lora_B.is_meta
+
+
+def test_lora_layer_refuses_a_rank_that_is_not_low():
+    """LoRALayer checks rank <= min(d_in, d_out) itself (check_rank=True by default) and names itself."""
+    with pytest.raises(ValueError, match=r"^LoRA rank 5 is larger than min\(d_in=4, d_out=8\) = 4 for a "
+                                         r"LoRALayer\(4 -> 8\): the update would not be low-rank"):
+        LoRALayer(4, 8, rank=5, alpha=1)
+    assert LoRALayer(4, 8, rank=5, alpha=1, check_rank=False).lora_A.shape == (4, 5)
+    with pytest.raises(ValueError, match=r"^LoRA rank 5 is larger than min\(d_in=8, d_out=4\) = 4 for a fused "
+                                         r"qkv projection \(8 -> 3 x 4\): "):
+        QKVLoRALayer(8, 4, rank=5, alpha=1)
+
+
+def test_rank_errors_name_the_layer():
+    """A wrapper's rank refusal names the layer: its module name (layer_name) when it has one, otherwise
+    its class, the base's class and its shape."""
+    with pytest.raises(ValueError, match=r"^LoRA rank 7 is larger than min\(d_in=8, d_out=6\) = 6 for "
+                                         r"LinearWithLoRA\(Linear 8 -> 6\): "):
+        LinearWithLoRA(nn.Linear(8, 6), rank=2, alpha=2).add_adapter("b", rank=7, alpha=2)
+    named = LinearWithLoRA(nn.Linear(8, 6), rank=2, alpha=2, layer_name="blocks.0.q")
+    assert named.describe() == "blocks.0.q"
+    with pytest.raises(ValueError, match=r"^LoRA rank 7 is larger than min\(d_in=8, d_out=6\) = 6 for blocks\.0\.q: "):
+        named.add_adapter("b", rank=7, alpha=2)
+    with pytest.raises(ValueError, match=r"^LoRA rank 7 is larger than min\(d_in=8, d_out=6\) = 6 for "
+                                         r"FusedQKVWithLoRA\(Linear 8 -> 18\): "):
+        FusedQKVWithLoRA(nn.Linear(8, 18), rank=2, alpha=2).add_adapter("b", rank=7, alpha=2)
+    fused = FusedQKVWithLoRA(nn.Linear(8, 18), rank=2, alpha=2, layer_name="att.qkv")
+    with pytest.raises(ValueError, match=r"^LoRA rank 7 is larger than min\(d_in=8, d_out=6\) = 6 for att\.qkv: "):
+        fused.add_adapter("b", rank=7, alpha=2)
+    # check_rank=False (the book's replace_linear_with_lora) lets a rank above min(d_in, d_out) through.
+    assert LinearWithLoRA(nn.Linear(8, 2), rank=4, alpha=4, check_rank=False).lora["default"].lora_B.shape == (4, 2)
+
+
+def test_adapter_names_are_checked():
+    """An adapter name is a non-empty string without dots (it becomes part of parameter names)."""
+    wrapped = LinearWithLoRA(nn.Linear(8, 8), rank=2, alpha=2)
+    for bad, shown in [("", "''"), ("a.b", r"'a\.b'"), (3, "3")]:
+        with pytest.raises(ValueError, match=rf"^adapter name must be a non-empty string without dots, got {shown}$"):
+            wrapped.add_adapter(bad, rank=2, alpha=2)
+    assert list(wrapped.lora) == ["default"]
+
+
+def test_lora_cannot_wrap_lora_or_a_non_linear_messages():
+    """The refusals of linear_dims name the offending type; a class called Conv1D without transformers'
+    `nf` attribute is not taken for transformers' Conv1D."""
+    wrapped = LinearWithLoRA(nn.Linear(8, 8), rank=2, alpha=2)
+    with pytest.raises(ValueError, match=r"^this layer already has LoRA \(LinearWithLoRA\); LoRA cannot be applied "
+                                         r"twice to one layer \(add another adapter by name instead\)$"):
+        LinearWithLoRA(wrapped, rank=2, alpha=2)
+    with pytest.raises(TypeError, match=r"^LoRA wraps nn\.Linear \(or transformers' Conv1D\) layers, got Embedding$"):
+        LinearWithLoRA(nn.Embedding(10, 8), rank=2, alpha=2)
+
+    class Conv1D(nn.Module):  # transformers' name, but no `nf`
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(4, 6))
+
+    with pytest.raises(TypeError, match=r"^LoRA wraps nn\.Linear \(or transformers' Conv1D\) layers, got Conv1D$"):
+        LinearWithLoRA(Conv1D(), rank=2, alpha=2)
+
+
+def test_wrappers_freeze_the_base_by_default_and_share_the_given_registry():
+    """freeze_base=True is the default of LoRAWrapper and FusedQKVWithLoRA; a registry passed in is the
+    one the wrapper reads: disabling it there makes the forward the base layer's."""
+    from lora import LoraAdapters, LoRAWrapper
+
+    plain = nn.Linear(4, 4)
+    LoRAWrapper(plain)
+    assert not plain.weight.requires_grad and not plain.bias.requires_grad
+    qkv = nn.Linear(8, 24)
+    FusedQKVWithLoRA(qkv, rank=2, alpha=2)
+    assert not qkv.weight.requires_grad and not qkv.bias.requires_grad
+    kept = nn.Linear(8, 24)
+    FusedQKVWithLoRA(kept, rank=2, alpha=2, freeze_base=False)
+    assert kept.weight.requires_grad and kept.bias.requires_grad
+
+    x = torch.randn(2, 8)
+    for make in (LinearWithLoRA, FusedQKVWithLoRA):
+        registry = LoraAdapters()
+        wrapped = make(nn.Linear(8, 24), rank=2, alpha=2, registry=registry)
+        assert registry.active == "default"
+        _randomise_B(wrapped)
+        assert not torch.allclose(wrapped(x), wrapped.linear(x))
+        registry.disabled = True
+        assert torch.equal(wrapped(x), wrapped.linear(x))
+
+
+def test_fused_wrapper_widths_scaling_and_defaults():
+    """A fused qkv output only needs a width divisible by 3 (9 -> three slices of 3); scaling reaches the
+    branch; add_adapter's defaults are no dropout and alpha / r."""
+    fused = FusedQKVWithLoRA(nn.Linear(8, 9), rank=2, alpha=2)
+    assert fused.d == 3 and fused.lora["default"].lora_B.shape == (2, 2, 3)
+    with pytest.raises(ValueError, match=r"^a fused qkv projection has an output width divisible by 3, got 25$"):
+        FusedQKVWithLoRA(nn.Linear(8, 25), rank=2, alpha=2)
+    fused = FusedQKVWithLoRA(nn.Linear(8, 24), rank=4, alpha=3, scaling="alpha")
+    assert fused.lora["default"].scale == 3.0
+    assert fused.add_adapter("rs", rank=4, alpha=3, scaling="alpha/sqrt(r)").scale == 1.5
+    plain = fused.add_adapter("plain", rank=4, alpha=8)
+    assert plain.scale == 2.0 and isinstance(plain.dropout, nn.Identity)
+
+
+def test_wrappers_build_branches_on_the_base_weights_device_and_dtype():
+    """A branch is made on the base weight's device, in promote(base dtype, float32): float64 on a float64
+    base (the update then matches the float64 formula to 1e-12), meta on a meta base."""
+    x = torch.randn(3, 8, dtype=torch.float64)
+    for make in (LinearWithLoRA, FusedQKVWithLoRA):
+        wrapped = make(nn.Linear(8, 24, dtype=torch.float64), rank=2, alpha=4)
+        for branch in (wrapped.lora["default"], wrapped.add_adapter("b", rank=2, alpha=4)):
+            assert branch.lora_A.dtype == torch.float64 and branch.lora_B.dtype == torch.float64
+        _randomise_B(wrapped)
+        b = wrapped.lora["default"]
+        if make is LinearWithLoRA:
+            expected = wrapped.linear(x) + 2.0 * (x @ b.lora_A @ b.lora_B)
+        else:
+            expected = wrapped.linear(x).clone()
+            expected[:, :8] += 2.0 * (x @ b.lora_A[:, :2] @ b.lora_B[0])
+            expected[:, 16:] += 2.0 * (x @ b.lora_A[:, 2:] @ b.lora_B[1])
+        torch.testing.assert_close(wrapped(x), expected, rtol=0, atol=1e-12)
+        meta = make(nn.Linear(8, 24, device="meta"), rank=2, alpha=4)
+        assert meta.lora["default"].lora_A.is_meta and meta.add_adapter("b", rank=2, alpha=4).lora_B.is_meta
+
+
+def test_fused_merge_adds_exactly_the_enabled_slices_update():
+    """merge adds scale * A_j @ B_j (transposed to nn.Linear's (3d, d_in) layout) to the rows of the query
+    and value slices and nothing to the key rows; unmerge takes it out again (float64: to 1e-12)."""
+    linear = nn.Linear(8, 3 * 6, dtype=torch.float64)
+    fused = FusedQKVWithLoRA(linear, rank=2, alpha=3, enable=(True, False, True))
+    _randomise_B(fused)
+    b = fused.lora["default"]
+    before = linear.weight.detach().clone()
+    fused.merge("default")
+    delta = linear.weight.detach() - before
+    torch.testing.assert_close(delta[:6], (1.5 * b.lora_A[:, :2] @ b.lora_B[0]).T, rtol=0, atol=1e-12)
+    assert torch.equal(delta[6:12], torch.zeros(6, 8, dtype=torch.float64))
+    torch.testing.assert_close(delta[12:], (1.5 * b.lora_A[:, 2:] @ b.lora_B[1]).T, rtol=0, atol=1e-12)
+    fused.unmerge("default")
+    torch.testing.assert_close(linear.weight.detach(), before, rtol=0, atol=1e-12)
+    # On a meta-device base the merge stays on the meta device.
+    meta = FusedQKVWithLoRA(nn.Linear(8, 24, device="meta"), rank=2, alpha=2)
+    meta.merge("default")
+    assert meta.linear.weight.is_meta and meta.merged_adapters == ["default"]
+
+
+def test_bf16_merge_and_forward_round_the_update_to_the_base_dtype_first():
+    """On a bf16 base the fp32 update is rounded to bf16 and then added, in merge and in forward alike:
+    the merged weight is exactly W + delta.to(bf16), the fused forward exactly y + update.to(bf16)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 16).to(torch.bfloat16)
+    wrapped = LinearWithLoRA(linear, rank=4, alpha=8)
+    _randomise_B(wrapped)
+    b = wrapped.lora["default"]
+    before = linear.weight.detach().clone()
+    wrapped.merge("default")
+    assert torch.equal(linear.weight.detach(), before + (2.0 * (b.lora_A @ b.lora_B)).T.to(torch.bfloat16))
+
+    qkv = nn.Linear(16, 48).to(torch.bfloat16)
+    fused = FusedQKVWithLoRA(qkv, rank=4, alpha=8, enable=(True, False, True))
+    _randomise_B(fused)
+    x = torch.randn(5, 16, dtype=torch.bfloat16)
+    q_update, v_update = fused.lora["default"](x)
+    expected = qkv(x)
+    expected[:, :16] += q_update.to(torch.bfloat16)
+    expected[:, 32:] += v_update.to(torch.bfloat16)
+    assert torch.equal(fused(x), expected)
+    before = qkv.weight.detach().clone()
+    fused.merge("default")
+    full = torch.zeros(48, 16)
+    full[:16], full[32:] = fused.lora["default"].delta_weight().transpose(1, 2)
+    assert torch.equal(qkv.weight.detach(), before + full.to(torch.bfloat16))
