@@ -156,3 +156,79 @@ def test_merge_layers_put_in_by_hand():
     torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
     unmerge_lora(model)
     torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
+
+
+# ---- Pinned by value: the refusals' messages, the exact delta, and merging a wrapper that is the model ----
+
+
+def test_merge_refusals_messages():
+    """Each refusal of merge_lora / unmerge_lora says what is wrong and what to do, and changes no weight."""
+    with pytest.raises(ValueError, match=r"^this model has no LoRA adapter to merge; apply_lora first$"):
+        merge_lora(nn.Linear(2, 2))
+    model = lora_model(targets=("query", "value"))
+    w = model.trf_blocks[0].att.W_query.linear.weight.detach().clone()
+    with disable_adapters(model):
+        with pytest.raises(ValueError, match=r"^adapters are disabled \(disable_adapters\); enable them before merging$"):
+            merge_lora(model)
+    assert torch.equal(model.trf_blocks[0].att.W_query.linear.weight, w)
+    merge_lora(model)
+    with pytest.raises(ValueError, match=r"^LoRA adapter 'default' is already merged \(e\.g\. into "
+                                         r"trf_blocks\.0\.att\.W_query\); merging again would add the update twice\. "
+                                         r"Call unmerge_lora\(model\) first$"):
+        merge_lora(model)
+    add_adapter(model, "b", LoraConfig(rank=2, alpha=2, targets=("key",)))
+    # unmerge names the adapter it was asked for, not the active one
+    with pytest.raises(ValueError, match=r"^no LoRA adapter named 'nope' on this model; adapters: \['b', 'default'\]$"):
+        unmerge_lora(model, "nope")
+    with pytest.raises(ValueError, match=r"^LoRA adapter 'b' is not merged; nothing to unmerge$"):
+        unmerge_lora(model, "b")
+    assert model.trf_blocks[0].att.W_query.merged_adapters == ["default"]  # still merged
+
+
+def test_an_adapter_on_no_layer_cannot_be_merged():
+    """"all-linear" on a model whose only linear layer is its output head selects no layer: the adapter
+    exists but merging it is refused by name."""
+    from collections import OrderedDict
+
+    model = nn.Sequential(OrderedDict(out_head=nn.Linear(4, 2)))
+    apply_lora(model, LoraConfig(rank=2, targets="all-linear"))
+    with pytest.raises(ValueError, match=r"^no LoRA layer of this model has an adapter named 'default'$"):
+        merge_lora(model)
+
+
+def test_merge_a_wrapper_that_is_the_model_adds_exactly_scale_A_B():
+    """merge_lora on a LinearWithLoRA itself (module name ""): W += scale * (A @ B)^T in nn.Linear's layout
+    (float64: to 1e-12), unmerge_lora subtracts it again."""
+    torch.manual_seed(0)
+    wrapped = LinearWithLoRA(nn.Linear(8, 6, dtype=torch.float64), rank=2, alpha=3)
+    b = wrapped.lora["default"]
+    with torch.no_grad():
+        b.lora_B.normal_()
+    before = wrapped.linear.weight.detach().clone()
+    merge_lora(wrapped)
+    assert wrapped.merged_adapters == ["default"]
+    torch.testing.assert_close(wrapped.linear.weight.detach() - before, 1.5 * (b.lora_A @ b.lora_B).T,
+                               rtol=0, atol=1e-12)
+    unmerge_lora(wrapped)
+    torch.testing.assert_close(wrapped.linear.weight.detach(), before, rtol=0, atol=1e-12)
+    # A weight tied inside the wrapper itself (here the bias is a view of the weight's first row) is
+    # refused, naming "this layer" since the wrapper has no module name.
+    tied = nn.Linear(4, 4)
+    tied.bias = nn.Parameter(tied.weight.data[0])
+    with pytest.raises(ValueError, match=r"^cannot merge LoRA into this layer: its weight is tied to \['linear\.bias'\] "
+                                         r"\(shared storage\); merging would silently change those too"):
+        merge_lora(LinearWithLoRA(tied, rank=2, alpha=2))
+
+
+def test_shared_with_on_meta_and_real_tensors():
+    """shared_with lists the OTHER names of a parameter's storage: by identity on the meta device (no data
+    pointers there), by data_ptr() otherwise; an untied parameter shares with nobody."""
+    from lora.merge import shared_with
+
+    for device in ("meta", "cpu"):
+        model = nn.Sequential(nn.Embedding(10, 4, device=device), nn.Linear(4, 10, bias=False, device=device),
+                              nn.Linear(4, 4, device=device))
+        model[1].weight = model[0].weight
+        assert shared_with(model, "1.weight") == ["0.weight"]
+        assert shared_with(model, "0.weight") == ["1.weight"]
+        assert shared_with(model, "2.weight") == []
