@@ -7,7 +7,8 @@ from torch import nn
 from gpt import GPTConfig, GPTModel, convert_attention, count_parameters
 from lora import (TARGET_ALIASES, FusedQKVWithLoRA, LinearWithLoRA, LoraConfig, ModulesToSaveWrapper, active_adapter,
                   add_adapter, apply_lora, delete_adapter, disable_adapters, enable_adapters, lora_parameter_report,
-                  lora_state_dict, merge_lora, replace_linear_with_lora, set_active_adapter)
+                  lora_state_dict, merge_lora, registry_of, replace_linear_with_lora, set_active_adapter,
+                  unmerge_lora)
 from conftest import make_tiny_gpt
 
 
@@ -293,3 +294,187 @@ def test_lora_added_to_a_model_in_eval_mode_runs_no_dropout():
     assert torch.equal(model(x), model(x))
     model.train()
     assert all(m.training for m in model.modules())
+
+
+# ---- Pinned by value: messages of each refusal, what reaches each layer, which adapter is active ----
+
+
+def test_config_argument_refusals():
+    """apply_lora / add_adapter take a LoraConfig or keyword arguments, not both and nothing else."""
+    with pytest.raises(TypeError, match=r"^expected a LoraConfig, got dict$"):
+        apply_lora(tiny(), {"rank": 2})
+    model = tiny()
+    apply_lora(model, LoraConfig(rank=2, targets=("query",)))
+    with pytest.raises(TypeError, match=r"^pass either a LoraConfig or keyword arguments, not both \(got \['alpha', "
+                                        r"'rank'\]\)$"):
+        add_adapter(model, "b", LoraConfig(), rank=4, alpha=2)
+    add_adapter(model, "b", rank=4, alpha=2, targets=("key",))  # the keyword form
+    assert model.lora_adapters["b"] == LoraConfig(rank=4, alpha=2, targets=("key",))
+    assert model.trf_blocks[0].att.W_key.lora["b"].lora_A.shape == (32, 4)
+
+
+def test_what_the_config_gives_each_layer():
+    """rank_pattern / alpha_pattern, dropout and scaling reach every branch; each wrapper knows its module
+    name (used in its messages)."""
+    model = tiny()
+    apply_lora(model, LoraConfig(rank=4, alpha=8, dropout=0.25, scaling="alpha", targets=("query", "value", "ff"),
+                                 rank_pattern={"W_query": 2}, alpha_pattern={"W_value": 3}))
+    att = model.trf_blocks[1].att
+    q, v = att.W_query.lora["default"], att.W_value.lora["default"]
+    ff = model.trf_blocks[1].ff.layers[0].lora["default"]
+    assert (q.rank, q.scale, v.rank, v.scale, ff.rank, ff.scale) == (2, 8.0, 4, 3.0, 4, 8.0)
+    assert q.dropout.p == v.dropout.p == ff.dropout.p == 0.25
+    assert att.W_query.describe() == "trf_blocks.1.att.W_query"
+    with pytest.raises(ValueError, match=r"^LoRA rank 33 is larger than min\(d_in=32, d_out=32\) = 32 for "
+                                         r"trf_blocks\.1\.att\.W_query: "):
+        att.W_query.add_adapter("big", rank=33, alpha=1)
+    fused = tiny("fused")
+    apply_lora(fused, LoraConfig(rank=4, alpha=8, targets=("query",)))
+    assert fused.trf_blocks[0].att.qkv.describe() == "trf_blocks.0.att.qkv"
+
+
+def _two_qkv_layers(d_in=64, d=16):
+    # Two fused qkv projections named like GPTModel's (....att.qkv), d_in != d on purpose.
+    blocks = []
+    for _ in range(2):
+        block = nn.Module()
+        block.att = nn.Module()
+        block.att.qkv = nn.Linear(d_in, 3 * d)
+        blocks.append(block)
+    return nn.Sequential(*blocks)
+
+
+def test_rank_of_a_fused_projection_is_checked_per_slice_before_anything_changes():
+    """A fused qkv projection d_in -> 3d holds three d_in -> d layers: rank <= min(d_in, d) = 16 here. A rank
+    too large for the second layer only is refused before the first is wrapped."""
+    model = _two_qkv_layers()
+    with pytest.raises(ValueError, match=r"^LoRA rank 20 is larger than min\(d_in=64, d_out=16\) = 16 for 1\.att\.qkv: "):
+        apply_lora(model, LoraConfig(rank=8, targets=("query",), rank_pattern={"1.att.qkv": 20}))
+    assert type(model[0].att.qkv) is nn.Linear and type(model[1].att.qkv) is nn.Linear
+    assert registry_of_model_is_empty(model)
+    apply_lora(model, LoraConfig(rank=8, targets=("query",), rank_pattern={"1.att.qkv": 16}))  # rank = d fits
+    assert model[1].att.qkv.lora["default"].lora_B.shape == (1, 16, 16)
+    assert model[0].att.qkv.lora["default"].lora_B.shape == (1, 8, 16)
+
+
+def registry_of_model_is_empty(model):
+    registry = registry_of(model)
+    return len(registry) == 0 and registry.active is None
+
+
+def test_check_rank_false_lets_a_large_rank_through():
+    """check_rank=False (load_adapter of the book's adapters) skips the rank <= min(d_in, d_out) check."""
+    model = tiny()
+    add_adapter(model, "big", LoraConfig(rank=40, alpha=40, targets=("query",)), check_rank=False)
+    assert model.trf_blocks[0].att.W_query.lora["big"].lora_A.shape == (32, 40)
+    with pytest.raises(ValueError, match=r"^LoRA rank 40 is larger than min\(d_in=32, d_out=32\) = 32 for "
+                                         r"trf_blocks\.0\.att\.W_query: "):
+        add_adapter(tiny(), "big", LoraConfig(rank=40, alpha=40, targets=("query",)))
+
+
+def test_second_adapters_on_fused_and_whole_qkv_layers():
+    """A fused qkv layer takes more fused adapters (with their own switches), but not a whole-layer LoRA,
+    and a whole-layer LoRA on qkv takes no fused one; an adapter name already on a layer is refused."""
+    model = tiny("fused")
+    apply_lora(model, LoraConfig(rank=2, targets=("query", "value")))
+    add_adapter(model, "k", LoraConfig(rank=2, targets=("key",)))
+    assert model.trf_blocks[0].att.qkv.lora["k"].enable == (False, True, False)
+    with pytest.raises(ValueError, match=r"^trf_blocks\.0\.att\.qkv already carries LoRA as a FusedQKVWithLoRA; "
+                                         r"another adapter cannot put a whole-layer LoRA on it$"):
+        add_adapter(model, "whole", LoraConfig(rank=2, targets=["qkv"]))
+    whole = tiny("fused")
+    apply_lora(whole, LoraConfig(rank=2, targets=["qkv"]))
+    with pytest.raises(ValueError, match=r"^trf_blocks\.0\.att\.qkv already carries LoRA as a LinearWithLoRA; "
+                                         r"another adapter cannot put a fused LoRA on it$"):
+        add_adapter(whole, "q", LoraConfig(rank=2, targets=("query",)))
+    # A layer wrapped by hand into a model that already has a registry: its adapter name is not in the
+    # model's registry, but the layer refuses it.
+    by_hand = tiny()
+    apply_lora(by_hand, LoraConfig(rank=2, targets=("query",)))
+    by_hand.trf_blocks[0].att.W_value = LinearWithLoRA(by_hand.trf_blocks[0].att.W_value, rank=2, alpha=2,
+                                                       adapter_name="extra")
+    with pytest.raises(ValueError, match=r"^LoRA adapter 'extra' is already applied to trf_blocks\.0\.att\.W_value "
+                                         r"\(LoRA applied twice\)$"):
+        add_adapter(by_hand, "extra", LoraConfig(rank=2, targets=("value",)))
+
+
+def test_modules_to_save_follow_the_models_active_adapter():
+    """Each adapter's copy of the head runs when that adapter is active (the copy shares the model's
+    registry): a copy with zero weights and bias (1, -1) gives exactly those logits; disabled: the base."""
+    model = classifier()
+    x = tokens()
+    base = model(x)
+    apply_lora(model, LoraConfig(rank=2, targets=("query",), modules_to_save=("out_head",)))
+    add_adapter(model, "other", LoraConfig(rank=2, targets=("query",), modules_to_save=("out_head",)))
+    with torch.no_grad():
+        head = model.out_head.modules_to_save["other"]
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([1.0, -1.0]))
+    assert torch.equal(model(x), base)  # "default" active, B = 0, its head copy = the original head
+    set_active_adapter(model, "other")
+    assert torch.equal(model(x), torch.tensor([1.0, -1.0]).expand_as(base))
+    with disable_adapters(model):
+        assert torch.equal(model(x), base)
+
+
+def test_disable_adapters_block_lets_errors_through_and_enable_restores():
+    """The `with disable_adapters(model)` block re-enables the adapters on exit and does not swallow an
+    error raised inside it; enable_adapters sets disabled back to False (shown in each layer's repr)."""
+    model = tiny()
+    apply_lora(model, LoraConfig(rank=2, targets=("query",)))
+    with pytest.raises(RuntimeError, match="inside the block"):
+        with disable_adapters(model):
+            raise RuntimeError("inside the block")
+    layer = model.trf_blocks[0].att.W_query
+    assert layer.extra_repr() == "active_adapter='default', merged=[], disabled=False"
+    disable_adapters(model)
+    assert layer.extra_repr() == "active_adapter='default', merged=[], disabled=True"
+    enable_adapters(model)
+    assert layer.extra_repr() == "active_adapter='default', merged=[], disabled=False"
+
+
+def test_delete_adapter_keeps_or_moves_the_active_adapter():
+    """Deleting a non-active adapter keeps the active one; deleting the active one activates the first
+    remaining name in sorted order; deleting the last leaves none (None), and a new adapter is active
+    again. A merged adapter cannot be deleted."""
+    model = tiny()
+    for name in ("c", "a", "b"):
+        add_adapter(model, name, LoraConfig(rank=2, targets=("query",)))
+    set_active_adapter(model, "b")
+    delete_adapter(model, "c")
+    assert active_adapter(model) == "b"
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f"trf_blocks.{i}.att.W_query.lora.b.{w}" for i in range(2) for w in ("lora_A", "lora_B")}
+    merge_lora(model)
+    with pytest.raises(ValueError, match=r"^adapter 'b' is merged into the base weights; unmerge_lora first$"):
+        delete_adapter(model, "b")
+    unmerge_lora(model)
+    delete_adapter(model, "b")
+    assert active_adapter(model) == "a"
+    assert model.trf_blocks[0].att.W_query.lora["a"].lora_A.requires_grad
+    delete_adapter(model, "a")
+    assert active_adapter(model) is None and type(model.trf_blocks[0].att.W_query) is nn.Linear
+    add_adapter(model, "new", LoraConfig(rank=2, targets=("query",)))
+    assert active_adapter(model) == "new"
+    randomise_lora(model)
+    base = model.trf_blocks[0].att.W_query.linear
+    h = torch.randn(3, 32)
+    assert not torch.allclose(model.trf_blocks[0].att.W_query(h), base(h))  # its branch runs
+
+
+def test_delete_adapter_keeps_the_other_adapters_module_copy():
+    """With two adapters saving out_head, deleting one keeps the other's own (trained) copy in use; deleting
+    the last puts the original head back."""
+    model = classifier()
+    x = tokens()
+    apply_lora(model, LoraConfig(rank=2, targets=("query",), modules_to_save=("out_head",)))
+    add_adapter(model, "other", LoraConfig(rank=2, targets=("query",), modules_to_save=("out_head",)))
+    with torch.no_grad():
+        model.out_head.modules_to_save["default"].bias.add_(5.0)
+    with_copy = model(x)
+    delete_adapter(model, "other")
+    assert isinstance(model.out_head, ModulesToSaveWrapper) and list(model.out_head.modules_to_save) == ["default"]
+    assert torch.equal(model(x), with_copy)
+    delete_adapter(model, "default")
+    assert type(model.out_head) is nn.Linear
+    torch.testing.assert_close(model(x), with_copy - 5.0, rtol=0, atol=1e-5)
