@@ -348,7 +348,8 @@ def test_rank_of_a_fused_projection_is_checked_per_slice_before_anything_changes
     """A fused qkv projection d_in -> 3d holds three d_in -> d layers: rank <= min(d_in, d) = 16 here. A rank
     too large for the second layer only is refused before the first is wrapped."""
     model = _two_qkv_layers()
-    with pytest.raises(ValueError, match=r"^LoRA rank 20 is larger than min\(d_in=64, d_out=16\) = 16 for 1\.att\.qkv: "):
+    with pytest.raises(ValueError, match=r"^LoRA rank 20 is larger than min\(d_in=64, d_out=16\) = 16 "
+                                         r"for 1\.att\.qkv: "):
         apply_lora(model, LoraConfig(rank=8, targets=("query",), rank_pattern={"1.att.qkv": 20}))
     assert type(model[0].att.qkv) is nn.Linear and type(model[1].att.qkv) is nn.Linear
     assert registry_of_model_is_empty(model)

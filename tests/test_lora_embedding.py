@@ -134,7 +134,8 @@ def test_embedding_dims_refusals_name_the_problem():
     with pytest.raises(TypeError, match=r"^EmbeddingWithLoRA wraps nn\.Embedding layers, got Linear$"):
         EmbeddingWithLoRA(nn.Linear(V, D), rank=R, alpha=8)
     with pytest.raises(ValueError, match=r"^LoRA on an nn\.Embedding with max_norm is not supported: the lookup "
-                                         r"renormalises the base rows in place, and the update would be added after it$"):
+                                         r"renormalises the base rows in place, and the update would be added "
+                                         r"after it$"):
         EmbeddingWithLoRA(nn.Embedding(V, D, max_norm=1.0), rank=R, alpha=8)
 
 

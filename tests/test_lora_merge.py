@@ -168,7 +168,8 @@ def test_merge_refusals_messages():
     model = lora_model(targets=("query", "value"))
     w = model.trf_blocks[0].att.W_query.linear.weight.detach().clone()
     with disable_adapters(model):
-        with pytest.raises(ValueError, match=r"^adapters are disabled \(disable_adapters\); enable them before merging$"):
+        with pytest.raises(ValueError, match=r"^adapters are disabled \(disable_adapters\); enable them "
+                                             r"before merging$"):
             merge_lora(model)
     assert torch.equal(model.trf_blocks[0].att.W_query.linear.weight, w)
     merge_lora(model)
@@ -215,7 +216,8 @@ def test_merge_a_wrapper_that_is_the_model_adds_exactly_scale_A_B():
     # refused, naming "this layer" since the wrapper has no module name.
     tied = nn.Linear(4, 4)
     tied.bias = nn.Parameter(tied.weight.data[0])
-    with pytest.raises(ValueError, match=r"^cannot merge LoRA into this layer: its weight is tied to \['linear\.bias'\] "
+    with pytest.raises(ValueError, match=r"^cannot merge LoRA into this layer: its weight is tied to "
+                                         r"\['linear\.bias'\] "
                                          r"\(shared storage\); merging would silently change those too"):
         merge_lora(LinearWithLoRA(tied, rank=2, alpha=2))
 
