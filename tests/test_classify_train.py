@@ -548,3 +548,158 @@ def _rows_labels():
         rows += [r[:n].tolist() for r, n in zip(ids, lengths)]
         labels += ys.tolist()
     return rows, labels
+
+
+# ----------------------------------------------------------------------------- refusals and their messages
+
+def test_nan_loss_message_names_the_step_epoch_and_scheduled_rate():
+    """Rates 0.1, 0.1, inf, 0.125 over 2 epochs of 2 batches: the infinite step (step 2, counted from 0) makes the
+    weights non-finite, so the loss of step 3 (epoch 2's second batch) is refused, naming that step, its epoch and
+    the rate the schedule gives it."""
+    rates = [0.1, 0.1, math.inf, 0.125]
+    with pytest.raises(FloatingPointError) as err:
+        fit(tiny(), epochs=2, batches=BATCHES[:2], lr_schedule=lambda s: rates[s])
+    assert str(err.value) == ("the training loss became nan at step 3 (epoch 2), learning rate 1.25e-01: lower the "
+                              "learning rate (or, for LoRA, alpha) or clip gradients")
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.inf, math.nan, "1"])
+def test_grad_clip_must_be_a_positive_finite_number(bad):
+    with pytest.raises(ValueError) as err:
+        fit(tiny(), grad_clip=bad)
+    assert str(err.value) == ("grad_clip must be a positive number (the largest gradient norm; None for no clipping), "
+                              f"got {bad!r}")
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_max_steps_must_be_at_least_one(bad):
+    with pytest.raises(ValueError) as err:
+        fit(tiny(), max_steps=bad)
+    assert str(err.value) == f"max_steps must be at least 1 (None: no limit), got {bad}"
+
+
+def test_an_empty_training_loader_is_refused_with_what_to_do():
+    with pytest.raises(ValueError) as err:
+        fit(tiny(), batches=[])
+    assert str(err.value) == ("the training loader yields no batches: the batch size is larger than the training set "
+                              "and incomplete batches are dropped; use a smaller batch size")
+
+
+def test_epochs_and_prefix_weight_messages():
+    with pytest.raises(ValueError, match=r"^epochs must be positive, got -1$"):
+        fit(tiny(), epochs=-1)
+    with pytest.raises(ValueError, match=r"^prefix_weight must be >= 0, got nan$"):
+        fit(tiny(), prefix_weight=math.nan)
+
+
+# ----------------------------------------------------------------------------- what the user sees while it runs
+
+def test_log_lines_say_epoch_step_examples_and_both_losses():
+    """One line per evaluation, numbers from the history (checked by hand above) in a fixed layout."""
+    lines = []
+    hist = fit(tiny(), epochs=2, eval_every=2, log=lines.append)
+    assert len(lines) == 4
+    assert lines[0].startswith("epoch  0.67 | step     2 | seen      5 | train loss ")
+    assert lines[1].startswith("epoch  1.00 | step     3 | seen      9 | train loss ")
+    for line, e in zip(lines, range(4)):
+        head, seconds = line.rsplit(" | ", 1)
+        assert head.endswith(f"train loss {hist.train_loss[e]:.3f} acc {100 * hist.train_accuracy[e]:5.1f}% | "
+                             f"val loss {hist.val_loss[e]:.3f} acc {100 * hist.val_accuracy[e]:5.1f}%")
+        assert seconds == f"{hist.seconds[e]:.0f} s"
+    assert {round(100 * a, 1) for a in hist.train_accuracy} != {0.0, 100.0}  # percentages, not 0 or 1
+
+
+class Terminal(io.StringIO):
+    """A stand-in for sys.stderr that is a terminal (tqdm draws its bar only on one) whose width is that of a
+    real pseudo-terminal, so it can be resized while the loop runs."""
+
+    def __init__(self, columns):
+        super().__init__()
+        self.master, self.slave = os.openpty()
+        self.resize(columns)
+
+    def isatty(self):
+        return True
+
+    def fileno(self):
+        return self.slave
+
+    def resize(self, columns):
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+
+    def last_frame(self):
+        return self.getvalue().rstrip("\n").split("\r")[-1]
+
+    def shut(self):
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    if not hasattr(os, "openpty"):
+        pytest.skip("needs a pseudo-terminal (POSIX)")
+    term = Terminal(120)
+    yield term  # each test puts it in place of sys.stderr itself: pytest swaps its capture back in after setup
+    term.shut()
+
+
+def test_progress_bar_counts_steps_and_shows_loss_and_accuracy(terminal, monkeypatch):
+    """progress is on by default: a bar 'fine-tuning' counting steps up to the total (epochs x batches), with the
+    last running loss and validation accuracy, as wide as the terminal is when it is drawn (it follows a resize)."""
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hist = train_classifier(model, BATCHES, VAL, opt, 2, "cpu", eval_every=0,
+                            log=lambda line: terminal.resize(100))  # the terminal gets narrower at each evaluation
+    frame = terminal.last_frame()
+    assert frame.startswith("fine-tuning: 100%|")
+    assert "| 6/6 [" in frame and "step/s, " in frame
+    assert frame.endswith(f", loss {hist.train_loss[-1]:.3f} | val acc {100 * hist.val_accuracy[-1]:.1f}%]")
+    assert 0 < hist.val_accuracy[-1] < 1
+    assert len(frame) == 99  # the width at the end (100 columns, less the one tqdm keeps free)
+
+
+def test_progress_bar_total_stops_at_max_steps(terminal, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", terminal)
+    fit(tiny(), epochs=2, max_steps=4, progress=True)
+    assert "| 4/4 [" in terminal.last_frame()
+
+
+def test_progress_false_and_other_processes_draw_nothing(terminal, monkeypatch):
+    """progress=False: no bar; a process other than rank 0 draws no bar and writes no log line, even if asked."""
+    monkeypatch.setattr(sys, "stderr", terminal)
+    fit(tiny(), progress=False)
+    assert terminal.getvalue() == ""
+    lines = []
+    monkeypatch.setattr(classify_train, "is_main_process", lambda: False)
+    fit(tiny(), progress=True, log=lines.append)
+    assert terminal.getvalue() == "" and lines == []
+
+
+# ----------------------------------------------------------------------------- one batch's loss
+
+def test_batch_loss_terms_without_prefix_and_under_bf16():
+    """prefix=False gives no prefix term (None); bf16=True reaches the forward pass (CPU autocast), in
+    batch_loss_terms and in batch_loss (with and without the prefix term)."""
+    model = tiny().eval()
+    with torch.no_grad():
+        last, prefix, correct, n = batch_loss_terms(model, BATCHES[0], "cpu", prefix=False)
+        assert prefix is None
+        ref_last, ref_prefix, ref_correct, _ = by_hand(model, BATCHES[0])
+        assert (float(last), correct, n) == (pytest.approx(float(ref_last), rel=1e-6), ref_correct, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf_last, bf_prefix, _, _ = by_hand(model, BATCHES[0])
+        assert float(batch_loss(model, BATCHES[0], "cpu", bf16=True)[0]) == pytest.approx(float(bf_last), rel=1e-6)
+        mixed = batch_loss(model, BATCHES[0], "cpu", bf16=True, prefix_weight=0.5)[0]
+        assert float(mixed) == pytest.approx(float(bf_last + 0.5 * bf_prefix), rel=1e-6)
+        assert abs(float(bf_last) - float(ref_last)) > 1e-5  # bf16 is a measurably different number here (4e-5)
+
+
+def test_training_loss_is_last_plus_weight_times_prefix():
+    assert float(training_loss(torch.tensor(0.5), torch.tensor(2.0), 0.25)) == 1.0
+    assert float(training_loss(torch.tensor(0.5), None, 0.0)) == 0.5  # weight 0: the book's loss, no prefix needed
