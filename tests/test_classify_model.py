@@ -74,3 +74,45 @@ def test_bad_arguments():
         set_trainable(model, "lora")
     with pytest.raises(TypeError, match="out_head"):
         add_classification_head(nn.Linear(2, 2), 2)
+
+
+def test_default_head_has_two_classes():
+    """num_classes defaults to 2 (spam / ham)."""
+    model = GPTModel(GPTConfig.from_preset("gpt-tiny"))
+    assert add_classification_head(model).out_features == 2
+
+
+@pytest.mark.parametrize("bad", [3.0, 2.5, True, 1, "2"])
+def test_num_classes_must_be_an_integer_of_at_least_two(bad):
+    """A float (even 3.0), a bool, 1 or a string is refused with the value named."""
+    model = GPTModel(GPTConfig.from_preset("gpt-tiny"))
+    with pytest.raises(ValueError) as err:
+        add_classification_head(model, bad)
+    assert str(err.value) == f"num_classes must be an integer >= 2, got {bad!r}"
+
+
+def test_no_out_head_message_names_the_model_class():
+    with pytest.raises(TypeError) as err:
+        add_classification_head(nn.Sequential(nn.Linear(2, 2)), 2)
+    assert str(err.value) == "Sequential has no nn.Linear `out_head` to replace"
+
+
+def test_new_head_is_created_on_the_old_heads_device():
+    """The new head lives where the old one did: an old head on the 'meta' device (no memory; the one
+    device besides the CPU every machine has) gives a new head on 'meta'."""
+    model = nn.Module()
+    model.out_head = nn.Linear(32, 50_257, device="meta")
+    head = add_classification_head(model, 2)
+    assert (head.weight.device.type, head.bias.device.type) == ("meta", "meta")
+
+
+def test_last_block_means_the_last_of_three_blocks():
+    """'last-block' trains trf_blocks[-1] (here the third of three), final_norm and out_head, nothing else."""
+    model = GPTModel(GPTConfig.from_preset("gpt-tiny", n_layers=3))
+    add_classification_head(model, 2)
+    set_trainable(model, "last-block")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("trf_blocks.2.", "final_norm.", "out_head."))}
+    # 13 tensors in a block (W_query, W_key, W_value; out_proj weight, bias; 2 feed-forward layers x weight, bias;
+    # 2 norms x scale, shift) + final_norm's 2 + out_head's 2
+    assert len(trainable) == 17
