@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt import END_OF_TEXT_ID, GPTConfig, convert_attention, generate, generate_text
+from gpt import END_OF_TEXT_ID, GPTConfig, GPTModel, convert_attention, generate, generate_text
 from gpt.generate import next_token
 from gpt.weights import load_gpt2
 
@@ -216,6 +216,15 @@ def test_generate_text_stops_at_end_of_text_unless_told_otherwise():
     assert generate_text(_Always(33), "Hi", max_new_tokens=4, tokenizer=_Chars(), temperature=1.0, top_k=1) == "Hi!!!!"
     with pytest.raises(ValueError, match="temperature must be >= 0, got -1.0"):
         generate_text(_Always(33), "Hi", max_new_tokens=4, tokenizer=_Chars(), temperature=-1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_generate_text_moves_the_prompt_to_the_model_s_device():
+    """A model on the GPU gets its prompt there too: the same text as on the CPU (greedy)."""
+    model = GPTModel(GPTConfig.from_preset("gpt-tiny", drop_rate=0.0))
+    on_cpu = generate_text(model, "Hello", max_new_tokens=5, eos_id=None)
+    assert generate_text(model.to("cuda"), "Hello", max_new_tokens=5, eos_id=None) == on_cpu
 
 
 # ----------------------------------------------------------------------------- the KV cache
