@@ -498,6 +498,32 @@ def test_pretrain_resumes_a_checkpoint_of_another_world_size_with_reseeded_dropo
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
 
 
+def test_pretrain_on_rank_1_of_2_is_quiet_and_seeds_its_own_dropout(windows, tmp_path, monkeypatch, capsys):
+    """Under torchrun (rank 1 of 2 stood in, no second process): this rank prints nothing, shows
+    no progress bar, writes no file and never calls on_eval; it trains on its half of the batch
+    (windows 1 and 3 of each micro-batch) with dropout seeded by seed + rank."""
+    train, val = windows
+    monkeypatch.setattr(gpt_train, "get_rank", lambda: 1)
+    monkeypatch.setattr(gpt_train, "get_world_size", lambda: 2)
+    cfg = quick_config(max_steps=1, eval_every=1, save_every=1, seed=5)
+    called = []
+    model = tiny_model(0)
+    history = pretrain(model, train, val, cfg, tmp_path / "rank1", on_eval=lambda *args: called.append(args))
+    assert capsys.readouterr() == ("", "")
+    assert not (tmp_path / "rank1").exists() and called == [] and history.steps == [1]
+    reference = tiny_model(0)
+    decay = [p for p in reference.parameters() if p.dim() >= 2]
+    no_decay = [p for p in reference.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], betas=(0.9, 0.95),
+                                  lr=learning_rate(0, 1, cfg.lr, cfg.warmup_steps, cfg.min_lr))
+    torch.manual_seed(5 + 1)
+    batch = [train[i] for i in batch_indices(0, 0, len(train), cfg)[1::2]]
+    lm_loss(reference, torch.stack([x for x, _ in batch]), torch.stack([y for _, y in batch])).backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.grad_clip)
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
 def test_pretrain_refuses_a_checkpoint_of_another_model_size(windows, tmp_path):
     train, val = windows
     cfg = quick_config(max_steps=1, eval_every=1, save_every=1)
