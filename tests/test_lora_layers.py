@@ -459,8 +459,10 @@ def test_fused_merge_adds_exactly_the_enabled_slices_update():
     torch.testing.assert_close(delta[12:], (1.5 * b.lora_A[:, 2:] @ b.lora_B[1]).T, rtol=0, atol=1e-12)
     fused.unmerge("default")
     torch.testing.assert_close(linear.weight.detach(), before, rtol=0, atol=1e-12)
-    # On a meta-device base the merge stays on the meta device.
+    # The update is built on the base weight's device (on a GPU a CPU-built update could not be added to
+    # the weight); a meta-device base shows it without a GPU.
     meta = FusedQKVWithLoRA(nn.Linear(8, 24, device="meta"), rank=2, alpha=2)
+    assert meta._weight_delta("default").is_meta
     meta.merge("default")
     assert meta.linear.weight.is_meta and meta.merged_adapters == ["default"]
 

@@ -234,3 +234,24 @@ def test_shared_with_on_meta_and_real_tensors():
         assert shared_with(model, "1.weight") == ["0.weight"]
         assert shared_with(model, "0.weight") == ["1.weight"]
         assert shared_with(model, "2.weight") == []
+
+
+def test_merge_into_a_4bit_base_is_refused_by_name():
+    """A 4-bit base (lora/qlora.py) has no float weight to add into: merge_lora refuses, naming the layer
+    ("this layer" for a bare wrapper) and the way out, and leaves everything unmerged."""
+    from lora.qlora import Linear4bit, quantize_base
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
+    quantize_base(model, targets=("2",))
+    apply_lora(model, LoraConfig(rank=2, targets=("0", "2")))
+    with pytest.raises(ValueError, match=r"^cannot merge LoRA into 2: it is a 4-bit base; call "
+                                         r"lora\.qlora\.dequantize_base\(model\) first$"):
+        merge_lora(model)
+    assert not is_merged(model)  # layer 0, a float one, was not merged either
+    bare = LinearWithLoRA(Linear4bit(nn.Linear(64, 32)), rank=2, alpha=2)
+    with pytest.raises(ValueError, match=r"^cannot merge LoRA into this layer: it is a 4-bit base; call "):
+        merge_lora(bare)
+    with pytest.raises(ValueError, match=r"^LinearWithLoRA\(Linear4bit 64 -> 32\) is a 4-bit base; merging would have "
+                                         r"to re-quantize and lose the update's precision: dequantize_base\(model\) "
+                                         r"first, then merge$"):
+        bare.merge("default")
