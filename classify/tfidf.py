@@ -1,16 +1,16 @@
 """The classic baseline a practitioner tries first: TF-IDF word and character n-grams, logistic regression.
 
-Stronger than chapter 7's bag of GPT-2 tokens (classify.bag_of_words): words and word pairs, character
-2- to 5-grams inside word boundaries (which catch "FREE", "fr33", "£1000" and "txt" as well as whole words),
-TF-IDF weights with sublinear term frequency, and an L2-regularised logistic regression (scikit-learn) whose
-inverse regularisation strength C is chosen on the validation split alone; the test split is read once, at
-the end. No GPT, no pre-training: what a fine-tuned gpt-mini scores above this row is what the pre-trained
-model buys on the task.
+Stronger than chapter 7's bag of GPT-2 tokens (classify.bag_of_words): words and word pairs, character 2- to
+5-grams inside word boundaries (spellings and pieces of words as well as whole words), TF-IDF weights with
+sublinear term frequency, and an L2-regularised logistic regression (scikit-learn) whose inverse regularisation
+strength C is chosen on the validation split alone; the test split is read once, at the end. No GPT, no
+pre-training: what a fine-tuned gpt-mini scores above this row is what the pre-trained model buys on the task.
 
     baseline = fit_tfidf(splits["train"], splits["val"])
     baseline.C, baseline.val_accuracy                      # the chosen C and its validation accuracy
     baseline.accuracy(splits["test"])                      # fraction correct
     baseline.predict_proba(["You won a free cruise, call now"])   # (1, 2): p(ham), p(spam)
+    versus_tfidf(0.9711, baseline.accuracy(splits["test"]))  # "level with TF-IDF (-0.22 points)"
 """
 
 from __future__ import annotations
@@ -83,4 +83,13 @@ def fit_tfidf(train: list[Example], val: list[Example], C_grid: tuple[float, ...
     return TfidfBaseline(pipeline=fitted[best], C=best, val_accuracy=scores[best], val_accuracy_by_C=scores)
 
 
-__all__ = ["C_GRID", "TfidfBaseline", "fit_tfidf"]
+def versus_tfidf(accuracy: float, tfidf_accuracy: float) -> str:
+    """How a model stands against the TF-IDF baseline, in words, from two accuracies (fractions) on the same split.
+    Within 0.5 points (one or two messages in a few hundred) counts as level."""
+    points = 100 * (accuracy - tfidf_accuracy)
+    if abs(points) < 0.5:
+        return f"level with TF-IDF ({points:+.2f} points)"
+    return f"{'ahead of' if points > 0 else 'behind'} TF-IDF by {abs(points):.2f} points"
+
+
+__all__ = ["C_GRID", "TfidfBaseline", "fit_tfidf", "versus_tfidf"]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from classify.tasks import load_tasks
-from classify.tfidf import fit_tfidf
+from classify.tfidf import fit_tfidf, versus_tfidf
 from common.cli import ArgumentParser, UserError, run_main
 from common.files import atomic_write_text
 
@@ -31,15 +31,6 @@ GPT_MINI_ROWS = {
     "sentiment": ("sentiment_comparison.json", lambda r: r["summary"]["linear+embedding+prefix"]["test_mean"],
                   "chapter 8's sentiment adapter (linear+embedding+prefix), mean of seeds 123-125"),
 }
-
-
-def verdict(gpt_mini: float, tfidf: float) -> str:
-    """How the fine-tuned gpt-mini stands against TF-IDF, in words, from the two test accuracies (fractions).
-    Within 0.5 points (one or two messages of a few hundred) counts as level."""
-    points = 100 * (gpt_mini - tfidf)
-    if abs(points) < 0.5:
-        return f"level with TF-IDF ({points:+.2f} points)"
-    return f"{'ahead of' if points > 0 else 'behind'} TF-IDF by {abs(points):.2f} points"
 
 
 def markdown(report: dict) -> str:
@@ -77,10 +68,10 @@ def main(argv=None, log=print) -> dict:
             "C": baseline.C, "val_accuracy_by_C": {str(c): a for c, a in baseline.val_accuracy_by_C.items()},
             "features": baseline.num_features(), "parameters": baseline.num_parameters(),
             "val_accuracy": baseline.val_accuracy, "test_accuracy": test,
-            "gpt_mini_test_accuracy": gpt_mini, "gpt_mini_row": f"{what} ({file})", "verdict": verdict(gpt_mini, test),
+            "gpt_mini_test_accuracy": gpt_mini, "gpt_mini_row": f"{what} ({file})", "verdict": versus_tfidf(gpt_mini, test),
         }
         log(f"{name}: TF-IDF C={baseline.C:g}, validation {100 * baseline.val_accuracy:.2f} %, test {100 * test:.2f} %; "
-            f"gpt-mini {100 * gpt_mini:.2f} %: {verdict(gpt_mini, test)}")
+            f"gpt-mini {100 * gpt_mini:.2f} %: {versus_tfidf(gpt_mini, test)}")
     report["total_seconds"] = round(time.perf_counter() - t0)
     atomic_write_text(results / "tfidf_baseline.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(results / "tfidf_baseline.md", markdown(report))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from classify.data import Example
-from classify.tfidf import fit_tfidf
+from classify.tfidf import fit_tfidf, versus_tfidf
 from scripts import tfidf_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def test_refusals(train, val, grid, message):
     (0.90, 0.85, "ahead of TF-IDF by 5.00 points"),
 ])
 def test_verdict_in_words(gpt_mini, tfidf, said):
-    assert tfidf_baseline.verdict(gpt_mini, tfidf) == said
+    assert versus_tfidf(gpt_mini, tfidf) == said
 
 
 @pytest.mark.slow
@@ -89,3 +89,13 @@ def test_the_pages_quote_the_results_file():
             .splitlines() if line.startswith("| spam") or line.startswith("| sentiment")}
     for task, page in (("spam", "spam_classifier.md"), ("sentiment", "sentiment.md")):
         assert rows[task] in (ROOT / "docs" / page).read_text(), f"docs/{page} does not quote: {rows[task]}"
+
+
+def test_readme_quotes_the_results_file():
+    """README's line on the baseline: the test accuracies and the words for them come from results/tfidf_baseline.json."""
+    tasks = json.loads(RECORD.read_text())["tasks"]
+    spam, sentiment = tasks["spam"], tasks["sentiment"]
+    assert spam["verdict"].startswith("level with") and sentiment["verdict"].startswith("behind")
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"level with it on spam ({100 * spam['test_accuracy']:.2f} % test) and ahead on sentiment "
+            f"({100 * sentiment['test_accuracy']:.2f} % against {100 * sentiment['gpt_mini_test_accuracy']:.2f} %)") in readme
