@@ -55,10 +55,10 @@ def plot_history(history, path: str | Path, title: str = "fine-tuning") -> Path:
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("training examples seen")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: no curve hidden
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.3))  # below: no curve hidden
     fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, bbox_inches="tight")  # the legends sit below the axes
 
 
 def plot_losses(history, path: str | Path, title: str = "pre-training") -> Path:
