@@ -12,11 +12,13 @@ import importlib
 import io
 import math
 import re
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from tqdm import tqdm
 
 from gpt.checkpoint import load_model, load_training_state
 from gpt.config import GPTConfig
@@ -37,6 +39,16 @@ def windows():
     text = VERDICT.read_text(encoding="utf-8")
     cut = int(0.9 * len(text))
     return TokenWindows(tokenize_documents([text[:cut]]), CONTEXT), TokenWindows(tokenize_documents([text[cut:]]), CONTEXT)
+
+
+@pytest.fixture(autouse=True)
+def _tqdm_lock_of_this_process(monkeypatch):
+    """pretrain's progress bar takes tqdm's lock, by default a multiprocessing semaphore shared
+    with every process forked from this one, which tqdm's monitor thread also takes every 10 s.
+    Mutation testing forks one process per mutant: one that exits while the monitor holds the
+    lock would hang every later one. A thread lock and no monitor thread: nothing shared."""
+    monkeypatch.setattr(tqdm, "_lock", threading.RLock(), raising=False)
+    monkeypatch.setattr(tqdm, "monitor_interval", 0)
 
 
 def tiny_model(seed: int, **overrides) -> GPTModel:
@@ -320,13 +332,14 @@ def _by_hand(model, train, val, cfg):
     return losses
 
 
-@pytest.fixture(scope="module")
-def four_steps(windows, tmp_path_factory):
-    """One 4-step pretrain run (STEP_CFG) with what it printed, what on_eval saw, and the same
-    4 steps done by hand on a copy of the initial weights."""
+@pytest.fixture
+def four_steps(windows, tmp_path):
+    """One 4-step pretrain run (STEP_CFG) with what it printed and what on_eval saw. Run afresh
+    for each test that uses it (not once per module): mutation testing reruns only the tests
+    that call pretrain themselves."""
     train, val = windows
     cfg = quick_config(**STEP_CFG)
-    out = tmp_path_factory.mktemp("four-steps")
+    out = tmp_path / "four-steps"
     model = tiny_model(0)
     seen = []
 
@@ -339,21 +352,20 @@ def four_steps(windows, tmp_path_factory):
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         history = pretrain(model, train, val, cfg, out, on_eval=on_eval)
-    rng_after = torch.get_rng_state()
-    reference = tiny_model(0)
-    by_hand = _by_hand(reference, train, val, cfg)
     return SimpleNamespace(cfg=cfg, out=out, model=model, history=history, seen=seen, stdout=stdout.getvalue(),
-                           stderr=stderr.getvalue(), rng_after=rng_after, reference=reference, by_hand=by_hand)
+                           stderr=stderr.getvalue(), rng_after=torch.get_rng_state())
 
 
-def test_pretrain_steps_are_the_hand_written_algorithm(four_steps):
+def test_pretrain_steps_are_the_hand_written_algorithm(four_steps, windows):
     """Every weight after 4 steps equals the by-hand AdamW run (same float operations: exactly),
     and the recorded train and val losses are its losses after steps 3 and 4."""
     run = four_steps
-    for (name, a), b in zip(run.model.state_dict().items(), run.reference.state_dict().values()):
+    reference = tiny_model(0)
+    by_hand = _by_hand(reference, *windows, run.cfg)
+    for (name, a), b in zip(run.model.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(a, b), name
-    assert run.history.train_loss == pytest.approx([run.by_hand[2][0], run.by_hand[3][0]], rel=1e-6)
-    assert run.history.val_loss == pytest.approx([run.by_hand[2][1], run.by_hand[3][1]], rel=1e-6)
+    assert run.history.train_loss == pytest.approx([by_hand[2][0], by_hand[3][0]], rel=1e-6)
+    assert run.history.val_loss == pytest.approx([by_hand[2][1], by_hand[3][1]], rel=1e-6)
     # Every parameter trained (weight-decayed matrices and undecayed vectors alike): none kept its initial value.
     initial = tiny_model(0).state_dict()
     assert [k for k, v in run.model.state_dict().items() if torch.equal(v, initial[k])] == []
