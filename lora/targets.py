@@ -128,6 +128,10 @@ def resolve_targets(model: nn.Module, cfg: LoraConfig) -> tuple[dict, list[str]]
                     fused = matches_target(name, FUSED_QKV_SUFFIX) or isinstance(module, FusedQKVWithLoRA)
                     add(name, "fused" if fused else "linear")
                     found += 1
+            if not found:  # an adapter on nothing would train nothing (PEFT refuses it too)
+                raise ValueError(f"LoRA target 'all-linear' matched no linear layer in {type(model).__name__}: it "
+                                 f"leaves out the output head and modules_to_save ({sorted(skip)}); name the "
+                                 f"layers to adapt instead")
         elif target in TARGET_ALIASES:
             for name, module in modules:
                 if not name or not is_linear_like(module):

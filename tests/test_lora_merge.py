@@ -186,14 +186,17 @@ def test_merge_refusals_messages():
     assert model.trf_blocks[0].att.W_query.merged_adapters == ["default"]  # still merged
 
 
-def test_an_adapter_on_no_layer_cannot_be_merged():
-    """"all-linear" on a model whose only linear layer is its output head selects no layer: the adapter
-    exists but merging it is refused by name."""
+def test_an_adapter_on_no_layer_is_refused():
+    """"all-linear" on a model whose only linear layer is its output head selects no layer: refused before
+    anything is wrapped (an adapter on nothing would train nothing); merging the untouched model is refused."""
     from collections import OrderedDict
 
     model = nn.Sequential(OrderedDict(out_head=nn.Linear(4, 2)))
-    apply_lora(model, LoraConfig(rank=2, targets="all-linear"))
-    with pytest.raises(ValueError, match=r"^no LoRA layer of this model has an adapter named 'default'$"):
+    with pytest.raises(ValueError, match=r"^LoRA target 'all-linear' matched no linear layer in Sequential: it leaves "
+                                         r"out the output head and modules_to_save \(\['out_head'\]\); name the layers"):
+        apply_lora(model, LoraConfig(rank=2, targets="all-linear"))
+    assert isinstance(model.out_head, nn.Linear)  # unchanged
+    with pytest.raises(ValueError, match=r"^this model has no LoRA adapter to merge; apply_lora first$"):
         merge_lora(model)
 
 
