@@ -441,7 +441,7 @@ def test_pretrain_prints_one_line_per_evaluation_and_a_progress_bar(four_steps):
         assert re.fullmatch(r"\d+ s", line[len(head):]) and int(line[len(head):-2]) < 120  # seconds since the start
     assert lines[0].startswith("step     3 | tokens       384 | loss ")
     bar = run.stderr
-    assert "pre-training: 100%" in bar and "| 4/4 [" in bar
+    assert "pre-training: 100%" in bar and "| 4/4 [" in bar.split("\r")[-1]  # the bar's last state
     assert re.search(r"\d(step/s|s/step)", bar)
     assert f"loss {h.train_loss[-1]:.3f} | val {h.val_loss[-1]:.3f} | lr {h.lr[-1]:.1e}" in bar
 
@@ -535,6 +535,27 @@ def test_pretrain_on_rank_1_of_2_is_quiet_and_seeds_its_own_dropout(windows, tmp
     torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.grad_clip)
     optimizer.step()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+def test_pretrain_hands_the_device_bf16_and_gradient_sync_on(windows, tmp_path, monkeypatch):
+    """What only shows on a GPU or under torchrun, seen through stand-ins around the real
+    functions: the model is wrapped for `device`, every batch goes to `device`, cfg.bf16 reaches
+    autocast, and of a step's micro-batches only the last synchronises gradients (DDP's no_sync
+    before it)."""
+    train, val = windows
+    calls = dict(wrap=[], sync=[], collate=[], autocast=[])
+    collate, autocast = gpt_train._collate, gpt_train.autocast
+    monkeypatch.setattr(gpt_train, "wrap_model", lambda m, d: calls["wrap"].append((m, d)) or m)
+    monkeypatch.setattr(gpt_train, "sync_gradients",
+                        lambda m, sync: calls["sync"].append((m, sync)) or contextlib.nullcontext())
+    monkeypatch.setattr(gpt_train, "_collate", lambda items, d: calls["collate"].append(d) or collate(items, d))
+    monkeypatch.setattr(gpt_train, "autocast", lambda d, bf16: calls["autocast"].append((d, bf16)) or autocast(d, bf16))
+    model, device = tiny_model(0), torch.device("cpu")
+    pretrain(model, train, val, quick_config(max_steps=2, grad_accum=2, bf16=False, eval_every=2, save_every=2),
+             tmp_path, device=device)
+    assert calls["wrap"] == [(model, device)]
+    assert calls["sync"] == [(model, False), (model, True)] * 2
+    assert calls["collate"] == [device] * 6  # 2 steps x 2 micro-batches, then 2 evaluation batches
+    assert calls["autocast"] == [(device, False)] * 6
 
 def test_pretrain_refuses_a_checkpoint_of_another_model_size(windows, tmp_path):
     train, val = windows
