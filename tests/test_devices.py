@@ -37,7 +37,8 @@ NO_GPU = not torch.cuda.is_available()
 def _command_lines() -> list[tuple[str, str]]:
     """("scripts", name) for every script, ("benchmarks", name) for every benchmark module with a command line."""
     found = [("scripts", p.stem) for p in sorted((ROOT / "scripts").glob("*.py"))
-             if p.stem not in ("make_student_release", "__init__")]  # copies files: no model, no device
+             if p.stem not in ("make_student_release", "__init__",  # copies files: no model, no device
+                               "tfidf_baseline")]  # scikit-learn on a CPU: no model, no device
     found += [("benchmarks", p.stem) for p in sorted((ROOT / "benchmarks").glob("*.py"))
               if "ArgumentParser(" in p.read_text(encoding="utf-8")  # builds a parser: a command line
               and p.stem not in ("gpu_run",  # CUDA only, no --device to choose (tests/test_gpu_run.py)
