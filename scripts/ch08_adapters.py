@@ -25,8 +25,8 @@ common.files.atomic_folder; settings and --out are checked, in one line each, be
     at batch 1 and 8 (median of --repeats forward passes, variants alternating; 08_latency.png).
     These are rough timings; benchmarks/bench_inference.py is the careful measurement.
  7. Test accuracy of each adapter on both test sets, beside a bag of words (classify.bag_of_words: logistic
-    regression on which tokens a text contains) fitted on the same training split, and the training curves
-    (08_training_curves.png).
+    regression on which tokens a text contains) and TF-IDF n-grams (classify.tfidf) fitted on the same training
+    split, and the training curves (08_training_curves.png).
 
 Everything runs on --device (auto: CUDA, then Apple MPS, then CPU), with bf16 autocast while training
 and evaluating on CUDA as in scripts/finetune_spam.py (--bf16 asks for it elsewhere). Adapters are
@@ -50,6 +50,7 @@ from classify.bag_of_words import fit_bag_of_words
 from classify.model import add_classification_head, class_logits, predict_texts
 from classify.saved import run_folder
 from classify.tasks import ADAPTERS, LABELS, PREFIX_WEIGHT, TASKS, Task, add_task_adapter, load_tasks, train_on_task
+from classify.tfidf import fit_tfidf
 from classify.train import evaluate
 from common.cli import ArgumentParser, UserError, parse_with_quick, run_main
 from common.files import atomic_write_text
@@ -350,6 +351,12 @@ def _run(args, device, info: dict, out: Path, final_out: Path, argv, log) -> dic
         bag_of_words[name] = {split: bow.accuracy(task.splits[split]) for split in ("val", "test")}
         log(f"bag of words on {name}: validation {100 * bag_of_words[name]['val']:.1f} %, "
             f"test {100 * bag_of_words[name]['test']:.1f} %")
+    tfidf = {}
+    for name, task in tasks.items():  # the classic baseline: TF-IDF n-grams, C chosen on validation
+        baseline = fit_tfidf(task.splits["train"], task.splits["val"])
+        tfidf[name] = {"val": baseline.val_accuracy, "test": baseline.accuracy(task.splits["test"]), "C": baseline.C}
+        log(f"TF-IDF on {name} (C = {baseline.C:g}): validation {100 * tfidf[name]['val']:.1f} %, "
+            f"test {100 * tfidf[name]['test']:.1f} %")
     plot_training_curves(histories, out / "08_training_curves.png")
 
     # 6. Merge for inference, and latency.
@@ -398,6 +405,7 @@ def _run(args, device, info: dict, out: Path, final_out: Path, argv, log) -> dic
         "different_base_errors": errors,
         "test_accuracy": accuracy,
         "bag_of_words_accuracy": bag_of_words,
+        "tfidf_accuracy": tfidf,
         "merged_vs_unmerged_max_logit_diff": merged_diff,
         "latency_ms": {str(b): row for b, row in latency.items()},
         "latency_setup": note,

@@ -2,11 +2,14 @@
 (scripts/ch08_adapters.py) in quick mode."""
 
 import json
+from importlib import import_module
+from pathlib import Path
 
 import pytest
 
-from importlib import import_module
 from solutions import ch08
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 
@@ -83,6 +86,11 @@ def test_script_quick_run_end_to_end(tmp_path):
     for task in ("spam", "sentiment"):  # the bag of words beside each adapter, on the same splits
         assert set(results["bag_of_words_accuracy"][task]) == {"val", "test"}
     assert results["bag_of_words_accuracy"]["sentiment"]["test"] == pytest.approx(0.7667, abs=1e-4)
+    # ... and TF-IDF n-grams, as results/tfidf_baseline.json has them (no GPT: the same in quick mode)
+    committed = json.loads((ROOT / "results" / "tfidf_baseline.json").read_text())["tasks"]
+    for task in ("spam", "sentiment"):
+        assert results["tfidf_accuracy"][task] == {"val": committed[task]["val_accuracy"],
+                                                   "test": committed[task]["test_accuracy"], "C": committed[task]["C"]}
 
 
 def test_script_rejects_a_missing_base(tmp_path):
