@@ -185,6 +185,16 @@ def test_evaluate_lm_is_the_mean_of_batch_losses(windows):
     assert model.training  # dropout is back on after evaluating
 
 
+
+def test_collate_stacks_inputs_and_targets_on_the_device():
+    """(input, target) pairs -> (b, T) inputs and (b, T) targets, both moved to `device` (the
+    meta device stands in for a GPU: a tensor left on the CPU would show)."""
+    items = [(torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4])), (torch.tensor([5, 6, 7]), torch.tensor([6, 7, 8]))]
+    inputs, targets = gpt_train._collate(items, torch.device("cpu"))
+    assert inputs.tolist() == [[1, 2, 3], [5, 6, 7]] and targets.tolist() == [[2, 3, 4], [6, 7, 8]]
+    on_meta = gpt_train._collate(items, torch.device("meta"))
+    assert [t.device.type for t in on_meta] == ["meta", "meta"] and [t.shape for t in on_meta] == [(2, 3), (2, 3)]
+
 class _Take(torch.utils.data.Dataset):
     def __init__(self, data, n):
         self.data, self.n = data, n
