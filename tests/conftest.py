@@ -1,4 +1,5 @@
-"""Shared by every test: one torch thread, a fixed seed, and the one tiny GPT the tests build.
+"""Shared by every test: one torch thread, a fixed seed, a tqdm lock of its own, and the one tiny GPT
+the tests build.
 
 The tiny model is the preset gpt-tiny (gpt/config.py: emb_dim 32, 2 blocks of 4 heads, context 64,
 tied head; 1,635,552 parameters), built by `make_tiny_gpt` and offered as the fixtures `tiny_gpt` (the
@@ -9,8 +10,11 @@ Markers (pyproject.toml): `slow` leaves the fast tier (`pytest -m "not slow"`), 
 `browser` drives headless Chromium.
 """
 
+import threading
+
 import pytest
 import torch
+from tqdm import tqdm
 
 from gpt import GPTConfig, GPTModel
 
@@ -22,6 +26,16 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(123)
+
+
+@pytest.fixture(autouse=True)
+def _tqdm_lock_of_this_process(monkeypatch):
+    """A progress bar (pretrain's, train_classifier's) takes tqdm's lock, by default a multiprocessing
+    semaphore shared with every process forked from this one, which tqdm's monitor thread also takes
+    every 10 s. Mutation testing forks one process per mutant: one that exits while the monitor holds
+    the lock would hang every later one. A thread lock and no monitor thread: nothing shared."""
+    monkeypatch.setattr(tqdm, "_lock", threading.RLock(), raising=False)
+    monkeypatch.setattr(tqdm, "monitor_interval", 0)
 
 
 @pytest.fixture(autouse=True)

@@ -12,13 +12,11 @@ import importlib
 import io
 import math
 import re
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from tqdm import tqdm
 
 from gpt.checkpoint import load_model, load_training_state
 from gpt.config import GPTConfig
@@ -39,16 +37,6 @@ def windows():
     text = VERDICT.read_text(encoding="utf-8")
     cut = int(0.9 * len(text))
     return TokenWindows(tokenize_documents([text[:cut]]), CONTEXT), TokenWindows(tokenize_documents([text[cut:]]), CONTEXT)
-
-
-@pytest.fixture(autouse=True)
-def _tqdm_lock_of_this_process(monkeypatch):
-    """pretrain's progress bar takes tqdm's lock, by default a multiprocessing semaphore shared
-    with every process forked from this one, which tqdm's monitor thread also takes every 10 s.
-    Mutation testing forks one process per mutant: one that exits while the monitor holds the
-    lock would hang every later one. A thread lock and no monitor thread: nothing shared."""
-    monkeypatch.setattr(tqdm, "_lock", threading.RLock(), raising=False)
-    monkeypatch.setattr(tqdm, "monitor_interval", 0)
 
 
 def tiny_model(seed: int, **overrides) -> GPTModel:
