@@ -61,3 +61,23 @@ def test_quick_run_never_replaces_a_real_comparison(tmp_path, capsys):
         run_main(main, ["--quick", "--results", str(tmp_path)])
     assert e.value.code != 0 and "holds a real comparison" in capsys.readouterr().err
     assert json.loads(real.read_text()) == {"quick": False}
+
+
+def test_the_page_quotes_the_committed_comparison():
+    """docs/lora_family.md shows results/lora_family.md's tables row for row, the run time the record holds, and the
+    TF-IDF numbers as results/tfidf_baseline.json has them; the record covers every method, both tasks, three seeds."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    record = json.loads((root / "results" / "lora_family.json").read_text())
+    assert not record["quick"] and record["seeds"] == [123, 124, 125] and set(record["methods"]) == set(METHODS)
+    assert {task: set(rows) for task, rows in record["summary"].items()} == {t: set(METHODS) for t in ("spam", "sentiment")}
+    page = (root / "docs" / "lora_family.md").read_text()
+    rows = [line for line in (root / "results" / "lora_family.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 * (1 + len(METHODS))
+    assert [row for row in rows if row not in page] == []
+    text = " ".join(page.split())
+    assert f"`python scripts/compare_lora_family.py --threads 1` ({record['total_seconds'] / 60:.0f} minutes" in text
+    tfidf = json.loads((root / "results" / "tfidf_baseline.json").read_text())["tasks"]
+    assert (f"TF-IDF n-grams reach {100 * tfidf['spam']['test_accuracy']:.2f} % on spam and "
+            f"{100 * tfidf['sentiment']['test_accuracy']:.2f} % on sentiment") in text
