@@ -16,7 +16,6 @@ zero, float summation-order noise becomes a visible difference (measured: up to 
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +32,14 @@ from gpt.data import TokenWindows
 from gpt.model import GPTModel
 from gpt.train import PretrainConfig, batch_indices, pretrain
 
+from distributed_workers import finetune  # tests/distributed_workers.py: what torchrun runs below
+
 ROOT = Path(__file__).resolve().parent.parent
 RTOL_LOSS, ATOL_WEIGHTS = 1e-5, 1e-5
+# Two processes of tests/distributed_workers.py (found as a module: this folder and the project on PYTHONPATH).
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
+            "distributed_workers"]
+WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
 
 
 pytestmark = [pytest.mark.slow,  # starts process groups and torchrun
@@ -136,43 +141,15 @@ def test_ddp_path_with_grad_accumulation_syncs_once_per_step(tmp_path, monkeypat
 
 # ----------------------------------------------------------------------------- two processes
 
-# Runs scripts/pretrain.py's main() under torchrun, recording the training windows each rank reads.
-_RECORDING_WORKER = r"""
-import importlib, json, os, sys
-import torch
-import gpt.train
-
-module, out_file, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-reads = []
-
-class Recording(torch.utils.data.Dataset):
-    def __init__(self, data):
-        self.data = data
-    def __len__(self):
-        return len(self.data)
-    def __getitem__(self, i):
-        reads.append(int(i))
-        return self.data[i]
-
-original = gpt.train.pretrain
-gpt.train.pretrain = lambda model, train_data, *a, **k: original(model, Recording(train_data), *a, **k)
-importlib.import_module(module).main(argv)  # imported after the patch: it sees the recording pretrain
-with open(out_file.format(rank=os.environ["RANK"]), "w") as f:
-    json.dump(reads, f)
-"""
-
+# scripts/pretrain.py's main() under torchrun, recording the training windows each rank reads.
 ARGS = ["--quick", "--max-steps", "6", "--batch-size", "4", "--eval-every", "3", "--drop-rate", "0",
         "--device", "cpu", "--threads", "1", "--no-resume"]
 
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
-    worker = tmp_path / "worker.py"
-    worker.write_text(_RECORDING_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           str(worker), "scripts.pretrain",
+    cmd = [*TORCHRUN, "record", "scripts.pretrain",
            str(tmp_path / "reads-rank{rank}.json"), *ARGS, "--grad-accum", "2", "--out", str(tmp_path / "ddp")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=WORKER_ENV, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # Only rank 0 prints: the header line and the final line appear once.
     assert proc.stdout.count("gpt-tiny: 1,635,552 parameters") == 1
@@ -218,58 +195,13 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
 
 # ----------------------------------------------------------------------------- fine-tuning, two processes
 
-# A LoRA spam fine-tune of a small random GPT, with the DDP plumbing a training script needs:
-# init_distributed, wrap_model, shard_loader (each rank keeps its share of the one-process
-# batches), rank 0 writes. Run by this test in this process (one process) and under torchrun.
-_FINETUNE_WORKER = r"""
-import json, sys
-from pathlib import Path
-import torch
-from classify.data import spam_splits
-from classify.dataset import ClassificationDataset, make_loader
-from classify.model import add_classification_head
-from classify.train import train_classifier
-from gpt.config import GPTConfig
-from gpt.distributed import cleanup, init_distributed, is_main_process, shard_loader, unwrap, wrap_model
-from gpt.model import GPTModel
-from lora import LoraConfig, apply_lora, lora_state_dict
-
-
-def finetune(out: str) -> None:
-    device = init_distributed(torch.device("cpu"))  # joins the gloo group under torchrun, else nothing
-    torch.manual_seed(0)
-    model = GPTModel(GPTConfig.from_preset("gpt-tiny", n_layers=1, drop_rate=0.0))
-    add_classification_head(model, 2)
-    apply_lora(model, LoraConfig(rank=4, alpha=8, targets=("query", "value"), modules_to_save=("out_head",)))
-    splits = spam_splits()
-    train_set = ClassificationDataset(splits["train"][:48], context_length=64)
-    val_set = ClassificationDataset(splits["val"][:37], max_length=train_set.max_length)  # 37: an odd last batch
-    train_loader = shard_loader(make_loader(train_set, 8, shuffle=True, drop_last=True, seed=5))
-    val_loader = shard_loader(make_loader(val_set, 8), even=False)
-    model = wrap_model(model, device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    history = train_classifier(model, train_loader, val_loader, optimizer, epochs=2, device=device,
-                               eval_every=6, seed=1, log=None, progress=False)
-    if is_main_process():
-        weights = {k: v.tolist() for k, v in lora_state_dict(unwrap(model)).items()}
-        Path(out).write_text(json.dumps({"history": history.to_dict(), "weights": weights}))
-    cleanup()
-
-
-if __name__ == "__main__":
-    finetune(sys.argv[1])
-"""
-
-
 def test_two_process_lora_finetune_equals_one_process(tmp_path):
-    worker = tmp_path / "finetune_worker.py"
-    worker.write_text(_FINETUNE_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(worker),
-           str(tmp_path / "two.json")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    """distributed_workers.finetune (LoRA on a small random GPT, DDP-wrapped, sharded loaders) under torchrun
+    and in this one process: the same history and the same LoRA weights."""
+    cmd = [*TORCHRUN, "finetune", str(tmp_path / "two.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=WORKER_ENV, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runpy.run_path(str(worker))["finetune"](str(tmp_path / "one.json"))  # one process, in this one
+    finetune(str(tmp_path / "one.json"))  # one process, in this one
 
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     h1, h2 = one["history"], two["history"]

@@ -210,13 +210,15 @@ def test_autograder_grades_a_submission(release, tmp_path):
         match = re.match(r"def (exercise_1_\d)\(", cell.source)
         if match and match.group(1) == "exercise_1_3":
             cell.source = "def exercise_1_3(vocab_size=50257, emb_dim=16, seed=123):\n    return 1.0  # wrong"
-        elif match:  # the reference answer, imported from this checkout's solutions
-            cell.source = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom solutions.ch01 import {match.group(1)}"
+        elif match:  # the reference answer, from this checkout's solutions package (on the grader's PYTHONPATH below)
+            cell.source = f"from solutions.ch01 import {match.group(1)}"
+    # The release first (its gpt/, lora/, ... win), then this checkout, whose solutions package the release lacks.
+    grader_env = {**release_env(release), "PYTHONPATH": os.pathsep.join([str(release), str(ROOT)])}
     (tmp_path / "submission").mkdir()
     nbformat.write(notebook, tmp_path / "submission" / "01_text_to_tokens.ipynb")
     done = subprocess.run([sys.executable, "-m", "otter", "run", "--no-logo", "-a",
                            str(release.with_name("release-autograder") / "ch01-autograder.zip"), "-o", str(tmp_path),
-                           "01_text_to_tokens.ipynb"], cwd=tmp_path / "submission", env=release_env(release),
+                           "01_text_to_tokens.ipynb"], cwd=tmp_path / "submission", env=grader_env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     scores = {line.split()[1]: line.split()[2] for line in done.stdout.splitlines() if re.match(r"\d+\s+ex1_\d", line)}
