@@ -65,13 +65,17 @@ class Task:
         return make_loader(getattr(self, split), 4 * self.batch_size, sort_by_length=True)
 
 
+def task_splits(seed: int = 123) -> dict[str, dict[str, list[Example]]]:
+    """The two tasks' texts and labels, untokenised: {"spam" | "sentiment": {"train" | "val" | "test": examples}}."""
+    return {"spam": spam_splits(seed=seed),
+            "sentiment": dict(zip(("train", "val", "test"), random_split(load_sentiment(), 0.7, 0.1, seed)))}
+
+
 def load_tasks(context_length: int, batch_size: int = 8, seed: int = 123) -> dict[str, Task]:
     """The spam and sentiment tasks, tokenised and padded to their longest training text (at most
     context_length tokens)."""
-    splits = {"spam": spam_splits(seed=seed),
-              "sentiment": dict(zip(("train", "val", "test"), random_split(load_sentiment(), 0.7, 0.1, seed)))}
     tasks = {}
-    for name, s in splits.items():
+    for name, s in task_splits(seed).items():
         d = split_datasets(s, context_length)
         tasks[name] = Task(name, LABELS[name], s, d["train"], d["val"], d["test"], batch_size, seed)
     return tasks
@@ -106,5 +110,5 @@ def train_on_task(model: nn.Module, task: Task, epochs: int, *, lr: float = 8e-4
                             prefix_weight=prefix_weight, progress=progress, log=log)
 
 
-__all__ = ["ADAPTERS", "LABELS", "PREFIX_WEIGHT", "SENTIMENT_LORA", "SPAM_LORA", "TASKS", "Task", "add_task_adapter", "load_tasks",
-           "train_on_task"]
+__all__ = ["ADAPTERS", "LABELS", "PREFIX_WEIGHT", "SENTIMENT_LORA", "SPAM_LORA", "TASKS", "Task", "add_task_adapter",
+           "load_tasks", "task_splits", "train_on_task"]
