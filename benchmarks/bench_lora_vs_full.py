@@ -214,7 +214,7 @@ def discussion(res: dict) -> str:
                f"Above it: {mb(ml['peak_bytes'] - ml['rss_start_bytes'])} vs "
                f"{mb(mf['peak_bytes'] - mf['rss_start_bytes'])}, "
                f"{(ml['peak_bytes'] - ml['rss_start_bytes']) / (mf['peak_bytes'] - mf['rss_start_bytes']):.2f}x."
-               if mf.get("rss_start_bytes") and ml.get("rss_start_bytes") else ""))
+               if mf.get("kind") == "peak_rss" and mf.get("rss_start_bytes") and ml.get("rss_start_bytes") else ""))
     return "\n\n".join(lines)
 
 

@@ -1,19 +1,20 @@
-"""Every check this project has for a CUDA GPU, in one command that finishes within 8 minutes.
+"""Every check this project has for a CUDA GPU, in one command that finishes within 9 minutes.
 
     bash setup.sh                                  # keeps the torch the GPU machine already has
     .venv/bin/python -m benchmarks.gpu_run         # writes results/gpu/<date>/
     .venv/bin/python -m benchmarks.gpu_run --dry-run   # prints the steps, runs nothing (any machine)
 
 The steps, most important first, each in its own process and stopped at its time limit (the
-limits add up to 7 min 40 s; a step that would start after the overall budget is skipped):
+limits add up to 9 min; a step that would start after the overall budget is skipped):
 
 1. tests: tests/test_devices.py (its real-CUDA tests run on a GPU) and tests/test_generate.py;
 2. bf16: 40 steps of the main fine-tune under bf16 autocast, the loss recorded;
 3. the main job, scripts/finetune_spam.py --device cuda (bf16 is its default on a GPU that has it),
    with its adapter written to a scratch folder;
 4. LoRA r=16 vs full fine-tuning at the GPT-2 124M shape (step time and peak memory);
-5. fused vs separate QKV at the GPT-2 124M shape;
-6. generation with and without the KV cache at the GPT-2 124M shape.
+5. the LoRA family (QLoRA, DoRA, PiSSA, LoRA+, rsLoRA, VeRA, LoRA, full) at the GPT-2 124M shape;
+6. fused vs separate QKV at the GPT-2 124M shape;
+7. generation with and without the KV cache at the GPT-2 124M shape.
 
 Everything goes into one folder: summary.json and summary.md (the GPU from
 torch.cuda.get_device_name, torch and CUDA versions, each step's command, exit code, wall time
@@ -41,7 +42,7 @@ from benchmarks.common import ROOT, machine_info, machine_line, markdown_table
 from common.cli import run_main
 from common.files import atomic_write_text
 
-BUDGET_S = 470  # all steps together; 8 minutes minus the time to start and to write the summary
+BUDGET_S = 530  # all steps together; 9 minutes 10 s minus the time to start and to write the summary
 REFUSAL = ("gpu_run: refused: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
            "run it on a machine with an NVIDIA GPU, or pass --dry-run to print the steps")
 
@@ -67,10 +68,13 @@ def steps(out: Path, scratch: Path) -> list[Step]:
              50),
         Step("main_job", "the main job: LoRA r=16 spam classifier on gpt-mini, 3 epochs",
              ["scripts/finetune_spam.py", "--device", "cuda", "--no-progress", "--out", str(scratch / "spam-lora"),
-              "--result-json", str(out / "finetune_spam.json")], 130),
+              "--result-json", str(out / "finetune_spam.json")], 80),
         Step("lora_vs_full", "LoRA r=16 vs full fine-tuning, GPT-2 124M shape",
              ["-m", "benchmarks.bench_lora_vs_full", *bench, "--shapes", "gpt2-small", "--variants", "full",
-              "lora:16", "--repeats", "5", "--warmup", "2", "--no-profile"], 100),
+              "lora:16", "--repeats", "5", "--warmup", "2", "--no-profile"], 70),
+        Step("lora_family", "the LoRA family's training step: peak memory and step time, GPT-2 124M shape",
+             ["-m", "benchmarks.bench_lora_family", *bench, "--shapes", "gpt2-small", "--repeats", "5",
+              "--warmup", "2"], 150),
         Step("attention", "fused vs separate QKV, GPT-2 124M shape",
              ["-m", "benchmarks.bench_attention", *bench, "--shape", "gpt2-small", "--repeats", "5",
               "--warmup", "2"], 50),
@@ -120,7 +124,7 @@ def _headlines(out: Path) -> list[str]:
             loss = r.get("history", {}).get("train_loss") or [float("nan")]
             lines.append(f"- {label}: {r['steps']} steps on {r['device']}, train loss {loss[0]:.3f} -> {loss[-1]:.3f}, "
                          f"test accuracy {100 * r['test_accuracy']:.2f} %, training {r['train_seconds']} s")
-    for name in ("lora_vs_full", "attention", "generate"):
+    for name in ("lora_vs_full", "lora_family_cost", "attention", "generate"):
         if (out / "benchmarks" / f"{name}.md").is_file():
             lines.append(f"- {name}: [benchmarks/{name}.md](benchmarks/{name}.md)")
     return lines

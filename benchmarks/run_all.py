@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import QUICK_RESULTS_DIR, RESULTS_DIR
+from classify.lora_family import memory_beyond_start
 from common.cli import parse_with_quick, run_main
 from common.files import atomic_write_text
 from gpt.device import pick_device
@@ -33,6 +34,8 @@ BENCHMARKS = {
     "inference": ("benchmarks.bench_inference", "inference", "inference latency: merged LoRA, adapters, prefix"),
     "peft_methods": ("benchmarks.bench_peft_methods", "peft_methods", "LoRA, DoRA, adapters, prefix on the spam task"),
     "generate": ("benchmarks.bench_generate", "generate", "generation with and without the KV cache"),
+    "lora_family": ("benchmarks.bench_lora_family", "lora_family_cost",
+                    "the LoRA family's training step: frozen bytes, peak memory, step time"),
 }
 
 # Where each target comes from (the constants live in the benchmark that measures it).
@@ -109,6 +112,16 @@ def headline_rows(out_dir: Path) -> list[list[str]]:
         res = r["results"]
         rows.append([f"greedy generation with the KV cache vs without ({res['shape']}, {res['prompt_tokens']} + "
                      f"{res['new_tokens']} tokens)", "measure", f"{res['speedup']:.1f}x faster", "measured"])
+    r = _load(out_dir, "lora_family_cost")
+    if r:
+        for res in r["results"]["shapes"]:
+            rows_by = res["methods"]
+            if "qlora" in rows_by and "lora" in rows_by and "memory" in rows_by["qlora"]:
+                q, lo = rows_by["qlora"], rows_by["lora"]
+                m = memory_beyond_start(q["memory"]) / memory_beyond_start(lo["memory"])
+                t = q["step_seconds"]["median"] / lo["step_seconds"]["median"]
+                rows.append([f"QLoRA vs LoRA r=16, peak memory beyond the start / step time ({res['shape']})",
+                             "measure", f"{m:.2f}x / {t:.2f}x", "measured"])
     return rows
 
 

@@ -146,18 +146,22 @@ class TrainStep:
     gradients (backward) and almost all of AdamW's work (optimizer), not the forward pass.
     """
 
-    def __init__(self, model: nn.Module, batch, device="cpu", fused_adamw: bool = False):
+    def __init__(self, model: nn.Module, batch, device="cpu", fused_adamw: bool = False,
+                 optimizer: torch.optim.Optimizer | None = None):
         self.model, self.batch, self.device = model, batch, torch.device(device)
         params = trainable_parameters(model)
         if not params:
             raise ValueError("the model has no trainable parameters")
+        self.phases: list[dict[str, float]] = []  # one entry per call
+        self.last_loss: float | None = None
+        if optimizer is not None:  # a method's own parameter groups (LoRA+)
+            self.optimizer = optimizer
+            return
         # Only the trainable parameters go to AdamW (frozen ones would have no gradient anyway).
         # torch's default AdamW loops over the tensors on a CPU (foreach on a GPU); fused=True runs
         # one kernel per step (CPU too, since torch 2.4), several times faster for many parameters.
         self.optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
                                            **({"fused": True} if fused_adamw else {}))
-        self.phases: list[dict[str, float]] = []  # one entry per call
-        self.last_loss: float | None = None
 
     def loss(self):
         input_ids, labels = self.batch

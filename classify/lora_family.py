@@ -64,29 +64,46 @@ METHODS = {
 }
 
 
-def build_classifier_with(method: str, model_spec: str, seed: int = 123, drop_rate: float = 0.0) -> nn.Module:
+def apply_method(model: nn.Module, method: str, lora: LoraConfig = LORA) -> nn.Module:
+    """Prepare a classifier (a base with its new head) IN PLACE for `method`: after it, only what the method
+    trains requires grad. `lora`: the LoRA settings of the methods built on LoRA (rank, alpha, scaling,
+    targets). Returns the model."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    if method == "full":
+        set_trainable(model, "full")
+    elif method == "qlora":
+        quantize_base(model)
+        apply_lora(model, lora)
+    elif method == "dora":
+        apply_dora(model, lora)
+    elif method == "pissa":
+        apply_pissa(model, lora)
+    elif method == "rslora":
+        apply_lora(model, lora.replace(scaling="alpha/sqrt(r)"))
+    elif method == "vera":
+        apply_vera(model, rank=VERA_RANK, targets=("all-linear",), modules_to_save=("out_head",))
+    else:  # lora, loraplus: the same model, another optimizer
+        apply_lora(model, lora)
+    return model
+
+
+def build_classifier_with(method: str, model_spec: str, seed: int = 123, drop_rate: float = 0.0,
+                          lora: LoraConfig = LORA) -> nn.Module:
     """The base `model_spec` with a new 2-class head and `method` applied (only what it trains requires grad)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     model = load_base(model_spec, drop_rate=drop_rate, seed=seed)
     torch.manual_seed(seed)  # the head's and the adapter's random weights: the same for every method
     add_classification_head(model, num_classes=2)
-    if method == "full":
-        set_trainable(model, "full")
-    elif method == "qlora":
-        quantize_base(model)
-        apply_lora(model, LORA)
-    elif method == "dora":
-        apply_dora(model, LORA)
-    elif method == "pissa":
-        apply_pissa(model, LORA)
-    elif method == "rslora":
-        apply_lora(model, LORA.replace(scaling="alpha/sqrt(r)"))
-    elif method == "vera":
-        apply_vera(model, rank=VERA_RANK, targets=("all-linear",), modules_to_save=("out_head",))
-    else:  # lora, loraplus: the same model, another optimizer
-        apply_lora(model, LORA)
-    return model
+    return apply_method(model, method, lora)
+
+
+def frozen_nbytes(model: nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Bytes of what the method leaves frozen, stored in `dtype` (None: as it is; NF4 layers count their
+    4-bit codes and constants whatever `dtype` is)."""
+    size = torch.empty((), dtype=dtype or torch.float32).element_size()
+    return base_nbytes(model, dtype) - size * trainable_count(model)
 
 
 def make_optimizer(method: str, model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.Optimizer:
@@ -102,11 +119,12 @@ def trainable_count(model: nn.Module) -> int:
 
 
 def run_method(method: str, model_spec: str, task: Task, seed: int, max_steps: int | None = None,
-               device="cpu") -> dict:
+               device="cpu", lora: LoraConfig = LORA) -> dict:
     """Build, train and evaluate one method on one task at one seed. Returns {"val", "test" (accuracies),
-    "trainable" (numbers), "frozen_bytes" (what the frozen weights take), "seconds", "val_by_epoch"}."""
-    model = build_classifier_with(method, model_spec, seed=seed)
-    frozen_bytes = base_nbytes(model) - 4 * trainable_count(model)  # trainable weights are float32
+    "trainable" (numbers), "frozen_bytes" (what the frozen weights take), "seconds", "val_by_epoch",
+    "train_loss_by_epoch" (the mean training loss of each epoch)}."""
+    model = build_classifier_with(method, model_spec, seed=seed, lora=lora)
+    frozen_bytes = frozen_nbytes(model)
     model.to(device)
     recipe = METHODS[method]
     optimizer = make_optimizer(method, model, recipe.lr)
@@ -118,7 +136,7 @@ def run_method(method: str, model_spec: str, task: Task, seed: int, max_steps: i
     model.eval()
     out = {split: evaluate(model, task.loader(split), device)["accuracy"] for split in ("val", "test")}
     out.update(trainable=trainable_count(model), frozen_bytes=frozen_bytes, seconds=round(seconds, 1),
-               val_by_epoch=history.val_accuracy)
+               val_by_epoch=history.val_accuracy, train_loss_by_epoch=history.train_loss)
     return out
 
 
@@ -138,7 +156,9 @@ def summarise(runs: dict) -> dict:
     return out
 
 
-def markdown_table(report: dict) -> str:
+def markdown_table(report: dict, tfidf: dict | None = None) -> str:
+    """The tables of compare_lora_family's record, one per task; with `tfidf` (scripts/tfidf_baseline.py's record)
+    a last row for the TF-IDF baseline on the same split, tuned on validation only."""
     lines = [f"The LoRA family on base {report['base']}, seeds {', '.join(map(str, report['seeds']))}: accuracy, "
              f"mean ± standard deviation over the seeds.", f"Command: `{report['command']}`", ""]
     for task, rows in report["summary"].items():
@@ -148,8 +168,84 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {report['methods'][method]} | {s['trainable']:,} | {s['frozen_bytes'] / 1e6:.2f} | "
                          f"{100 * s['val_mean']:.1f} ± {100 * s['val_std']:.1f} % | "
                          f"{100 * s['test_mean']:.1f} ± {100 * s['test_std']:.1f} % | {s['seconds_mean']:.0f} |")
+        if tfidf and task in tfidf["tasks"]:
+            t = tfidf["tasks"][task]
+            lines.append(f"| TF-IDF n-grams + logistic regression (no GPT; C={t['C']:g} chosen on validation) | "
+                         f"{t['parameters']:,} | - | {100 * t['val_accuracy']:.1f} % | {100 * t['test_accuracy']:.1f} % "
+                         f"| - |")
         lines.append("")
     return "\n".join(lines)
+
+
+def side_by_side(report: dict, cost: dict, tfidf: dict | None = None) -> list[dict]:
+    """One row per method, joining what it reaches (`report`: compare_lora_family's record) and what it costs
+    (`cost`: one shape of benchmarks/bench_lora_family's record, {"methods": {method: ...}}), plus a TF-IDF row
+    (`tfidf`: scripts/tfidf_baseline.py's record) where given. Each row: method, description, test accuracy
+    mean and standard deviation per task (fractions), trainable parameters (on the report's base, where the
+    accuracy was measured), frozen bytes in float32 and bfloat16 and peak memory and step time as ratios to
+    LoRA's (all three at `cost`'s shape; None where not measured)."""
+    ref = cost["methods"].get("lora")
+    rows = []
+    for method in report["methods"]:
+        c = cost["methods"].get(method)
+        row = {"method": method, "description": report["methods"][method]}
+        for task, by_method in report["summary"].items():
+            row[f"{task}_test_mean"] = by_method[method]["test_mean"]
+            row[f"{task}_test_std"] = by_method[method]["test_std"]
+        row["trainable"] = next(iter(report["summary"].values()))[method]["trainable"]
+        row["frozen_float32"] = c["frozen_bytes"]["float32"] if c else None
+        row["frozen_bfloat16"] = c["frozen_bytes"]["bfloat16"] if c else None
+        has_memory = c and ref and "memory" in c and "memory" in ref
+        row["peak_memory_x_lora"] = (memory_beyond_start(c["memory"]) / memory_beyond_start(ref["memory"])
+                                     if has_memory else None)
+        row["step_time_x_lora"] = (c["step_seconds"]["median"] / ref["step_seconds"]["median"]) if c and ref else None
+        rows.append(row)
+    if tfidf:
+        row = {"method": "tfidf", "description": "TF-IDF word + character n-grams, logistic regression"}
+        for task in report["summary"]:
+            row[f"{task}_test_mean"] = tfidf["tasks"][task]["test_accuracy"]
+            row[f"{task}_test_std"] = 0.0  # deterministic: one fit per task
+        row.update(trainable=None, frozen_float32=None, frozen_bfloat16=None, peak_memory_x_lora=None,
+                   step_time_x_lora=None)
+        rows.append(row)
+    return rows
+
+
+def memory_beyond_start(memory: dict) -> int:
+    """Peak memory of the steps above what the process held before any model (on a CPU: Python and torch)."""
+    return memory["peak_bytes"] - (memory["rss_start_bytes"] or 0 if memory["kind"] == "peak_rss" else 0)
+
+
+def which_method_when(rows: list[dict], tasks: tuple[str, ...] = ("spam", "sentiment")) -> list[dict]:
+    """The decision table, read off side_by_side's rows of the fine-tuning methods (TF-IDF left out):
+    {"situation", "method", "why"} for memory-bound (the smallest peak memory of a training step), few
+    parameters (the fewest trained), best accuracy (the best mean test accuracy over `tasks`) and best
+    accuracy among the adapters (full fine-tuning left out)."""
+    tuned = [r for r in rows if r["method"] != "tfidf"]
+    lora = next(r for r in tuned if r["method"] == "lora")
+
+    def mean_acc(r):
+        return sum(r[f"{t}_test_mean"] for t in tasks) / len(tasks)
+
+    def accuracy_note(r):
+        return ", ".join(f"{t} {100 * (r[f'{t}_test_mean'] - lora[f'{t}_test_mean']):+.1f} points" for t in tasks)
+
+    memory = min((r for r in tuned if r["peak_memory_x_lora"] is not None), key=lambda r: r["peak_memory_x_lora"])
+    fewest = min((r for r in tuned if r["trainable"] is not None), key=lambda r: r["trainable"])
+    best = max(tuned, key=mean_acc)
+    best_adapter = max((r for r in tuned if r["method"] != "full"), key=mean_acc)
+    return [
+        {"situation": "memory-bound: the frozen base barely fits", "method": memory["method"],
+         "why": f"{memory['peak_memory_x_lora']:.2f}x LoRA's peak memory; against LoRA: {accuracy_note(memory)}"},
+        {"situation": "few parameters: many adapters to store or serve", "method": fewest["method"],
+         "why": f"{fewest['trainable']:,} trained numbers ({fewest['trainable'] / lora['trainable']:.3f}x LoRA's); "
+                f"against LoRA: {accuracy_note(fewest)}"},
+        {"situation": "best accuracy, whatever it costs", "method": best["method"],
+         "why": f"mean test accuracy {100 * mean_acc(best):.1f} % over {', '.join(tasks)}; against LoRA: "
+                f"{accuracy_note(best)}"},
+        {"situation": "best accuracy from an adapter", "method": best_adapter["method"],
+         "why": f"mean test accuracy {100 * mean_acc(best_adapter):.1f} %; against LoRA: {accuracy_note(best_adapter)}"},
+    ]
 
 
 def plot(report: dict, path: str | Path) -> Path:
@@ -171,5 +267,6 @@ def plot(report: dict, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-__all__ = ["METHODS", "Method", "build_classifier_with", "make_optimizer", "run_method", "summarise",
-           "markdown_table", "plot", "trainable_count"]
+__all__ = ["METHODS", "Method", "apply_method", "side_by_side", "which_method_when", "memory_beyond_start",
+           "build_classifier_with", "frozen_nbytes", "make_optimizer", "run_method", "summarise", "markdown_table",
+           "plot", "trainable_count"]

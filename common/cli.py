@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from common.files import FolderLocked
 
@@ -103,3 +104,34 @@ def parse_with_quick(parser: argparse.ArgumentParser, quick: dict, argv: Sequenc
         parser.set_defaults(**quick)
         args = parser.parse_args(argv)
     return args
+
+
+def check_results_folder(args: argparse.Namespace, name: str, root: Path) -> Path:
+    """The folder a comparison script writes <name>.{json,md,png} into: --results (args.results), by default
+    root/results, or root/runs/quick/<name> with --quick. Refused: a file in its place, and a --quick run where
+    a real record (one not marked "quick") would be replaced. Sets args.results; returns the folder."""
+    import json
+
+    if args.results is None:
+        args.results = str(root / "runs" / "quick" / name if args.quick else root / "results")
+    results = Path(args.results)
+    if results.exists() and not results.is_dir():
+        raise UserError(f"--results {results} is a file, not a folder")
+    old = results / f"{name}.json"
+    if args.quick and old.is_file() and not json.loads(old.read_text()).get("quick"):
+        raise UserError(f"--results {results} holds a real {name} record; a --quick run never replaces it")
+    return results
+
+
+def check_at_least(args: argparse.Namespace, **minimums: int) -> None:
+    """Refuse any of these options (by attribute name) that was given below its minimum: --max-steps 0."""
+    for name, minimum in minimums.items():
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Refuse repeated or negative --seeds."""
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"--seeds must be different integers >= 0, got {list(seeds)}")

@@ -92,9 +92,21 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def reset_peak_rss() -> bool:
+    """Set this process's peak RSS (VmHWM) back to its current RSS, so that peak_rss_bytes measures from
+    here: Linux only (writing 5 to /proc/self/clear_refs). Returns False where that is not possible;
+    then measure in a fresh process instead."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def reset_peak_memory(device: torch.device | str) -> None:
-    """Start a new GPU peak (torch.cuda.reset_peak_memory_stats). A process's peak RSS cannot be
-    reset: to measure one variant's CPU memory alone, run it in a fresh process."""
+    """Start a new GPU peak (torch.cuda.reset_peak_memory_stats). The process's peak RSS is left alone
+    (reset_peak_rss resets it, on Linux)."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

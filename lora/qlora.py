@@ -3,7 +3,9 @@
 Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs", arXiv:2305.14314.
 The one idea: the frozen base is only ever read, so it can be stored in 4 bits and dequantized
 to float on the fly in each forward pass; the gradient flows through the dequantized weight into
-the LoRA factors, which stay in float32. Memory for the base drops about 8x against float32.
+the LoRA factors, which stay in float32. Memory for the base drops about 8x against float32, in
+training too only because the backward pass dequantizes each weight again (`_MatMulNF4`) rather
+than keeping the forward pass's float copy.
 
     quantize_base(model)                       # every linear layer but the output head -> Linear4bit
     apply_lora(model, LoraConfig(rank=16, alpha=16, targets="all-linear"))   # wraps Linear4bit as usual
@@ -28,6 +30,24 @@ from torch import nn
 from lora.config import LoraConfig
 from lora.nf4 import NF4_BLOCKSIZE, NF4Tensor, dequantize_nf4, quantize_nf4
 from lora.targets import resolve_targets, set_submodule
+
+
+class _MatMulNF4(torch.autograd.Function):
+    """x @ dequantize(codes)^T for a frozen Linear4bit, whose backward dequantizes the weight AGAIN instead
+    of keeping the float copy that the forward pass made: between the two passes only the 4-bit codes stay
+    in memory. (nn.functional.linear would save its float weight for the backward pass: every layer's
+    dequantized float32 weight alive at once, the whole float base back in memory during training.)
+    bitsandbytes' MatMul4Bit does the same. The weight is frozen: no gradient for it."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer, ctx.x_dtype = layer, x.dtype
+        return nn.functional.linear(x, layer.weight.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x = grad_out @ ctx.layer.weight.to(grad_out.dtype)  # (..., d_out) @ (d_out, d_in)
+        return grad_x.to(ctx.x_dtype), None
 
 
 class Linear4bit(nn.Linear):
@@ -66,7 +86,8 @@ class Linear4bit(nn.Linear):
         return dequantize_nf4(self.nf4(), self.compute_dtype)
 
     def forward(self, x):
-        return nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        y = _MatMulNF4.apply(x, self)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def nbytes(self) -> int:
         """Bytes this layer stores: NF4 codes, quantization constants and the bias."""

@@ -21,7 +21,8 @@ import torch
 
 from classify.lora_family import METHODS, markdown_table, plot, run_method, summarise
 from classify.tasks import TASKS, load_tasks
-from common.cli import ArgumentParser, UserError, parse_with_quick, run_main
+from common.cli import (ArgumentParser, UserError, check_at_least, check_results_folder, check_seeds,
+                        parse_with_quick, run_main)
 from common.files import atomic_write_text
 from gpt.device import add_device_argument, pick_device
 from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
@@ -43,30 +44,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help=f"folder for {NAME}.{{json,md,png}} (default: results/; with "
                                                    f"--quick runs/quick/{NAME})")
     p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
+    p.add_argument("--from-record", action="store_true",
+                   help=f"train nothing: rewrite {NAME}.md and .png from the {NAME}.json in --results (after a new "
+                        f"TF-IDF baseline, say)")
     return p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = parse_with_quick(build_parser(), QUICK, argv)
-    if args.results is None:
-        args.results = str(ROOT / "runs" / "quick" / NAME if args.quick else ROOT / "results")
-    results = Path(args.results)
-    if results.exists() and not results.is_dir():
-        raise UserError(f"--results {results} is a file, not a folder")
-    old = results / f"{NAME}.json"
-    if args.quick and old.is_file() and not json.loads(old.read_text()).get("quick"):
-        raise UserError(f"--results {results} holds a real comparison; a --quick run never replaces it")
-    for name, minimum in (("max_steps", 1), ("threads", 1)):
-        value = getattr(args, name)
-        if value is not None and value < minimum:
-            raise UserError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
-    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
-        raise UserError(f"--seeds must be different integers >= 0, got {args.seeds}")
+    check_results_folder(args, NAME, ROOT)
+    check_at_least(args, max_steps=1, threads=1)
+    check_seeds(args.seeds)
     return args
+
+
+def tfidf_record(results: Path) -> dict | None:
+    """scripts/tfidf_baseline.py's record beside the comparison, or the committed one; None if neither exists."""
+    for path in (results / "tfidf_baseline.json", ROOT / "results" / "tfidf_baseline.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
+def write_tables(report: dict, results: Path, log=print) -> None:
+    table = markdown_table(report, None if report["quick"] else tfidf_record(results))
+    atomic_write_text(results / f"{NAME}.md", table)
+    plot(report, results / f"{NAME}.png")
+    log(table)
 
 
 def main(argv=None, log=print) -> dict:
     args = parse_args(argv)
+    if args.from_record:
+        record = Path(args.results) / f"{NAME}.json"
+        if not record.is_file():
+            raise UserError(f"--from-record: there is no {record}; run the comparison first")
+        report = json.loads(record.read_text())
+        write_tables(report, Path(args.results), log)
+        return report
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -92,10 +107,7 @@ def main(argv=None, log=print) -> dict:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results / f"{NAME}.json", json.dumps(report, indent=1) + "\n")
-    table = markdown_table(report)
-    atomic_write_text(results / f"{NAME}.md", table)
-    plot(report, results / f"{NAME}.png")
-    log(table)
+    write_tables(report, results, log)
     return report
 
 

@@ -214,13 +214,38 @@ def test_generate_quick(quick_results):
 
 
 @pytest.mark.slow
+def test_lora_family_cost_quick(quick_results):
+    res = _load(quick_results, "lora_family_cost")["shapes"][0]
+    rows = res["methods"]
+    assert res["shape"] == "gpt-tiny" and list(rows) == ["lora", "qlora", "dora", "pissa", "loraplus", "rslora",
+                                                          "vera", "full"]
+    lora16 = 2 * (4 * 16 * (32 + 32) + 2 * 16 * (32 + 128)) + 66  # q, k, v, out_proj, ff in and out; the new head
+    assert {m: r["trainable_params"] for m, r in rows.items()} == {
+        "lora": lora16, "qlora": lora16, "pissa": lora16, "loraplus": lora16, "rslora": lora16,
+        "dora": lora16 + 2 * (4 * 32 + 128 + 32), "vera": 2 * (4 * (256 + 32) + (256 + 128) + (256 + 32)) + 66,
+        "full": TINY_FULL_PARAMS}
+    # frozen bytes by value: the whole classifier frozen (float32: 4 bytes a number, bfloat16: 2) ...
+    assert rows["lora"]["frozen_bytes"] == {"float32": 4 * TINY_FULL_PARAMS, "bfloat16": 2 * TINY_FULL_PARAMS}
+    assert rows["full"]["frozen_bytes"] == {"float32": 0, "bfloat16": 0}
+    # ... VeRA's shared A (256 x 128) and B (128 x 256) on top; QLoRA's 24,576 block weights in NF4: per 32 x 32
+    # layer 512 bytes of codes, 16 of 8-bit block constants and 8 of double quantization, per 32 x 128 layer
+    # 2,048 + 64 + 8
+    assert rows["vera"]["frozen_bytes"]["float32"] == 4 * (TINY_FULL_PARAMS + 2 * 256 * 128)
+    nf4 = 2 * (4 * (512 + 16 + 8) + 2 * (2048 + 64 + 8))
+    assert rows["qlora"]["frozen_bytes"]["float32"] == 4 * (TINY_FULL_PARAMS - 24_576) + nf4
+    assert all(r["memory"]["kind"] == "peak_rss" and r["memory"]["peak_reset_after_build"] for r in rows.values())
+    assert all(r["step_seconds"]["median"] > 0 for r in rows.values())
+    assert (quick_results / "lora_family_cost.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
 def test_run_all_writes_the_readme(quick_results):
     readme = (quick_results / "README.md").read_text()
     assert "--quick results" in readme
     assert "| our LoRA step vs PEFT's, eager attention (gpt-tiny) | <= 0.9x |" in readme
     assert "## Targets" in readme and run_all.TARGETS_NOTE in readme and "issue" not in readme.lower()
     assert "| greedy generation with the KV cache vs without (gpt-tiny, 8 + 16 tokens) | measure |" in readme
-    for name in ("mfu", "attention", "lora_vs_full", "peers", "inference", "peft_methods", "generate"):
+    for name in ("mfu", "attention", "lora_vs_full", "peers", "inference", "peft_methods", "generate", "lora_family_cost"):
         assert f"[`{name}.md`]({name}.md)" in readme
     # --readme-only rebuilds it from the JSON files without running anything.
     (quick_results / "README.md").unlink()

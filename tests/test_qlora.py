@@ -182,3 +182,28 @@ def test_merge_into_a_4bit_base_is_refused_and_dequantize_restores_float():
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
     merge_lora(model)
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-5)
+
+
+def test_training_keeps_only_the_4bit_codes_between_the_passes():
+    """Between forward and backward, autograd holds no float copy of the weight (the planted bug: F.linear on the
+    dequantized weight saves it, the whole float base alive in training); the input's gradient is still the one
+    of a float layer with the dequantized weight, and a trainable bias still gets its gradient."""
+    torch.manual_seed(0)
+    layer = Linear4bit(nn.Linear(64, 48))
+    layer.bias.requires_grad_(True)
+    x = torch.randn(5, 64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        y = layer(x)
+    assert (48, 64) not in saved and (64, 48) not in saved, saved
+    y.pow(2).sum().backward()
+
+    ref = nn.Linear(64, 48)
+    with torch.no_grad():
+        ref.weight.copy_(layer.weight)
+        ref.bias.copy_(layer.bias)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref(x_ref).pow(2).sum().backward()
+    torch.testing.assert_close(y, ref(x_ref), rtol=0, atol=1e-6)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, ref.bias.grad, rtol=0, atol=1e-5)
