@@ -111,4 +111,4 @@ def test_unknown_device_stops_the_first_cell(tmp_path, monkeypatch):
 
 def test_no_notebook_is_missing():
     """Every chapter exists (guards against a glob that silently matches nothing)."""
-    assert len(NOTEBOOKS) == 9, [p.name for p in NOTEBOOKS]
+    assert len(NOTEBOOKS) == 10, [p.name for p in NOTEBOOKS]

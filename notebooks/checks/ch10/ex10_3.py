@@ -1,0 +1,26 @@
+"""Exercise 10.3: VeRA's trained numbers, against peft_methods.vera.vera_parameter_count and against a model built
+with apply_vera, at dimensions and ranks other than the statement's."""
+
+import torch
+from otter.test_files import test_case
+
+from checks._guard import answer, require
+from peft_methods.vera import apply_vera, vera_parameter_count
+
+OK_FORMAT = False
+name = "ex10_3"
+points = 1
+
+
+@test_case(points=1)
+def ex10_3(env):
+    for dims, rank in [(((16, 24), (24, 8)), 32), (((10, 10), (10, 30), (30, 10)), 5), (((64, 12),), 100)]:
+        call = f"exercise_10_3(layer_dims={dims}, rank={rank})"
+        got = answer(env, "exercise_10_3", dims, rank=rank, returns=int, expects="an int: the trained numbers")
+        model = torch.nn.ModuleDict({f"layer{i}": torch.nn.Linear(d_in, d_out) for i, (d_in, d_out) in enumerate(dims)})
+        apply_vera(model, rank=rank, targets=tuple(f"layer{i}" for i in range(len(dims))))
+        built = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        require(built == vera_parameter_count(dims, rank), "the check's own model disagrees with vera_parameter_count")
+        require(got == built,
+                f"{call} = {got:,}, but VeRA trains a different number of values on these layers; hint: per layer one "
+                f"vector for the r hidden directions and one for the outputs; the shared random matrices are frozen.")
