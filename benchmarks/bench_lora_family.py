@@ -28,6 +28,7 @@ import ctypes
 import gc
 import json
 import sys
+import time
 
 import torch
 
@@ -211,9 +212,11 @@ def main(argv=None) -> dict:
         return {}
     machine = machine_info(device)
     results = {"reference": REFERENCE, "shapes": []}
+    t0 = time.perf_counter()
     for shape in args.shapes:
         print(f"[{NAME}] {shape}: {', '.join(args.methods)}", file=sys.stderr)
         results["shapes"].append(run_shape(args, device, shape))
+    results["total_seconds"] = round(time.perf_counter() - t0)
     memory_kind = ("`torch.cuda.max_memory_allocated`, reset once the model is built" if device.type == "cuda" else
                    "the peak resident set size of a fresh process per method (Python and torch included), "
                    "reset once the model is built")
@@ -224,7 +227,7 @@ def main(argv=None) -> dict:
              f"existed (on a CPU, Python and torch: the same for every method); memory ratios are of that part. "
              f"Ratios are against LoRA r=16. Frozen weights: the bytes of everything the "
              f"method does not train, as stored in float32 and as they would be in bfloat16 (QLoRA's NF4 layers "
-             f"keep their 4 bits in both)."]
+             f"keep their 4 bits in both). The whole run took {results['total_seconds']} s."]
     for res in results["shapes"]:
         parts.append(f"## {res['shape']} shape ({res['config']['emb_dim']}-wide, {res['config']['n_layers']} "
                      f"layers)")

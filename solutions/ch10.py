@@ -112,8 +112,8 @@ def exercise_10_4(model, lr: float = 8e-4, ratio: float = 16.0, embedding_lr: fl
 
 
 def wrong_exercise_10_4(model, lr: float = 8e-4, ratio: float = 16.0, embedding_lr: float = 1e-6) -> dict[str, float]:
-    """A and B swapped: lora_A gets the larger rate."""
-    return {n: (lr * ratio if "lora_A" in n else lr if "lora_B" in n else v)
+    """A and B swapped in the linear layers' LoRA: lora_A gets the larger rate, lora_B the smaller."""
+    return {n: (lr * ratio if "lora_A" in n and v == lr else lr if "lora_B" in n and v == lr * ratio else v)
             for n, v in exercise_10_4(model, lr, ratio, embedding_lr).items()}
 
 

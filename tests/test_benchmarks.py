@@ -235,6 +235,7 @@ def test_lora_family_cost_quick(quick_results):
     assert rows["qlora"]["frozen_bytes"]["float32"] == 4 * (TINY_FULL_PARAMS - 24_576) + nf4
     assert all(r["memory"]["kind"] == "peak_rss" and r["memory"]["peak_reset_after_build"] for r in rows.values())
     assert all(r["step_seconds"]["median"] > 0 for r in rows.values())
+    assert isinstance(_load(quick_results, "lora_family_cost")["total_seconds"], int)
     assert (quick_results / "lora_family_cost.png").stat().st_size > 1000
 
 
