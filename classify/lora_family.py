@@ -119,15 +119,15 @@ def trainable_count(model: nn.Module) -> int:
 
 
 def run_method(method: str, model_spec: str, task: Task, seed: int, max_steps: int | None = None,
-               device="cpu", lora: LoraConfig = LORA) -> dict:
+               device="cpu", lora: LoraConfig = LORA, lr: float | None = None) -> dict:
     """Build, train and evaluate one method on one task at one seed. Returns {"val", "test" (accuracies),
     "trainable" (numbers), "frozen_bytes" (what the frozen weights take), "seconds", "val_by_epoch",
-    "train_loss_by_epoch" (the mean training loss of each epoch)}."""
+    "train_loss_by_epoch" (the mean training loss of each epoch)}. lr: instead of the method's own (METHODS)."""
     model = build_classifier_with(method, model_spec, seed=seed, lora=lora)
     frozen_bytes = frozen_nbytes(model)
     model.to(device)
     recipe = METHODS[method]
-    optimizer = make_optimizer(method, model, recipe.lr)
+    optimizer = make_optimizer(method, model, recipe.lr if lr is None else lr)
     t0 = time.perf_counter()
     history = train_classifier(model, task.loader("train"), task.loader("val"), optimizer, recipe.epochs, device,
                                eval_every=0, seed=seed, max_steps=max_steps, prefix_weight=PREFIX_WEIGHT[task.name],

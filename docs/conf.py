@@ -85,7 +85,8 @@ CHAPTER_CODE = {
     9: {"scripts": ["ch09_inside_adapter.py"],
         "api": ["lora.lora_state_dict", "peft_methods.apply_dora", "peft_methods.apply_bottleneck_adapters",
                 "peft_methods.apply_prefix_tuning", "classify.adapter_study"]},
-    10: {"scripts": ["ch10_lora_family.py", "compare_lora_family.py", "rslora_rank_sweep.py"],
+    10: {"scripts": ["ch10_lora_family.py", "compare_lora_family.py", "rslora_rank_sweep.py", "tune_family_rates.py"],
          "api": ["lora.quantize_base", "lora.Linear4bit", "lora.apply_pissa", "lora.create_loraplus_optimizer",
-                 "peft_methods.apply_dora", "peft_methods.apply_vera", "classify.lora_family", "classify.rank_sweep"]},
+                 "peft_methods.apply_dora", "peft_methods.apply_vera", "classify.lora_family", "classify.rank_sweep",
+                 "classify.rate_search"]},
 }
