@@ -213,7 +213,9 @@ def side_by_side(report: dict, cost: dict, tfidf: dict | None = None) -> list[di
 
 def memory_beyond_start(memory: dict) -> int:
     """Peak memory of the steps above what the process held before any model (on a CPU: Python and torch)."""
-    return memory["peak_bytes"] - (memory["rss_start_bytes"] or 0 if memory["kind"] == "peak_rss" else 0)
+    if memory["kind"] != "peak_rss":  # a GPU's allocated tensors: nothing of the process in them
+        return memory["peak_bytes"]
+    return memory["peak_bytes"] - (memory["rss_start_bytes"] or 0)
 
 
 def which_method_when(rows: list[dict], tasks: tuple[str, ...] = ("spam", "sentiment")) -> list[dict]:

@@ -81,6 +81,14 @@ def load_tasks(context_length: int, batch_size: int = 8, seed: int = 123) -> dic
     return tasks
 
 
+def tasks_for_base(model_spec: str, batch_size: int = 8, seed: int = 123) -> dict[str, Task]:
+    """load_tasks at the context length of the base `model_spec` (a missing base: one clear error first)."""
+    from gpt.pretrained import describe_base, load_base
+
+    describe_base(model_spec)
+    return load_tasks(load_base(model_spec, seed=0).cfg.context_length, batch_size, seed)
+
+
 def add_task_adapter(model: nn.Module, name: str, cfg: LoraConfig, seed: int = 123) -> nn.Module:
     """Add LoRA adapter `name` (the model's first one with apply_lora, later ones with add_adapter) and make it
     the active and only trainable one. seed: torch's global seed, set first, so the adapter's random factors
@@ -111,4 +119,4 @@ def train_on_task(model: nn.Module, task: Task, epochs: int, *, lr: float = 8e-4
 
 
 __all__ = ["ADAPTERS", "LABELS", "PREFIX_WEIGHT", "SENTIMENT_LORA", "SPAM_LORA", "TASKS", "Task", "add_task_adapter",
-           "load_tasks", "task_splits", "train_on_task"]
+           "load_tasks", "task_splits", "tasks_for_base", "train_on_task"]

@@ -105,6 +105,20 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return Path(path)
 
 
+def write_record(folder: str | os.PathLike, name: str, record: dict, markdown: str, plot=None) -> Path:
+    """A comparison script's results in `folder` (made if missing): <name>.json (the record), <name>.md (its tables)
+    and, with `plot(record, path)`, <name>.png, each written atomically. Returns the folder."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{name}.json", json.dumps(record, indent=1) + "\n")
+    atomic_write_text(folder / f"{name}.md", markdown)
+    if plot is not None:
+        plot(record, folder / f"{name}.png")
+    return folder
+
+
 def process_is_alive(pid: int) -> bool:
     """True when a process with this pid exists on this machine (POSIX: signal 0 checks, sends nothing)."""
     if pid <= 0:

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from classify.lora_family import METHODS, run_method, side_by_side, which_method_when
-from classify.tasks import load_tasks
+from classify.tasks import tasks_for_base
 from common.cli import ArgumentParser, UserError, parse_with_quick, run_main
 from gpt.device import add_device_argument, pick_device
-from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
+from gpt.pretrained import DEFAULT_BASE
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = dict(model="random:gpt-tiny", steps=2)
@@ -84,8 +84,7 @@ def main(argv=None, log=print) -> dict:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    describe_base(args.model)  # a missing base: one clear line before any work
-    spam = load_tasks(load_base(args.model, seed=0).cfg.context_length)["spam"]
+    spam = tasks_for_base(args.model)["spam"]
     out = {}
     for method in args.methods:
         r = run_method(method, args.model, spam, args.seed, max_steps=args.steps, device=device)

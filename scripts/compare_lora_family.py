@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from classify.lora_family import METHODS, markdown_table, plot, run_method, summarise
-from classify.tasks import TASKS, load_tasks
+from classify.tasks import TASKS, tasks_for_base
 from common.cli import (ArgumentParser, UserError, check_at_least, check_results_folder, check_seeds,
                         parse_with_quick, run_main)
-from common.files import atomic_write_text
+from common.files import write_record
 from gpt.device import add_device_argument, pick_device
-from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
+from gpt.pretrained import DEFAULT_BASE
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = dict(model="random:gpt-tiny", max_steps=2, seeds=[123])
@@ -67,9 +67,9 @@ def tfidf_record(results: Path) -> dict | None:
 
 
 def write_tables(report: dict, results: Path, log=print) -> None:
+    """The record, its tables (with the TF-IDF row) and its plot into `results`."""
     table = markdown_table(report, None if report["quick"] else tfidf_record(results))
-    atomic_write_text(results / f"{NAME}.md", table)
-    plot(report, results / f"{NAME}.png")
+    write_record(results, NAME, report, table, plot)
     log(table)
 
 
@@ -85,8 +85,7 @@ def main(argv=None, log=print) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    describe_base(args.model)  # a missing base: one clear line before any work
-    tasks = load_tasks(load_base(args.model, seed=0).cfg.context_length)
+    tasks = tasks_for_base(args.model)
     runs: dict = {}
     t0 = time.perf_counter()
     for task in args.tasks:
@@ -104,10 +103,7 @@ def main(argv=None, log=print) -> dict:
         "runs": {t: {m: {str(s): r for s, r in by.items()} for m, by in ms.items()} for t, ms in runs.items()},
         "torch_threads": torch.get_num_threads(), "total_seconds": round(time.perf_counter() - t0),
     }
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results / f"{NAME}.json", json.dumps(report, indent=1) + "\n")
-    write_tables(report, results, log)
+    write_tables(report, Path(args.results), log)
     return report
 
 

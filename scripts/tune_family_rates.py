@@ -11,7 +11,6 @@ the rate) into --results (default results/). A --quick run never replaces a real
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,11 +19,11 @@ import torch
 
 from classify.lora_family import run_method
 from classify.rate_search import GRIDS, markdown_table, plot, summarise
-from classify.tasks import TASKS, load_tasks
+from classify.tasks import TASKS, tasks_for_base
 from common.cli import ArgumentParser, check_at_least, check_results_folder, parse_with_quick, run_main
-from common.files import atomic_write_text
+from common.files import write_record
 from gpt.device import add_device_argument, pick_device
-from gpt.pretrained import DEFAULT_BASE, describe_base, load_base
+from gpt.pretrained import DEFAULT_BASE
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = dict(model="random:gpt-tiny", max_steps=2, methods=["lora", "vera"])
@@ -53,8 +52,7 @@ def main(argv=None, log=print) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    describe_base(args.model)  # a missing base: one clear line before any work
-    task = load_tasks(load_base(args.model, seed=0).cfg.context_length)[args.task]
+    task = tasks_for_base(args.model)[args.task]
     runs: dict = {}
     t0 = time.perf_counter()
     for method in args.methods:
@@ -67,11 +65,8 @@ def main(argv=None, log=print) -> dict:
               "quick": args.quick, "base": args.model, "task": args.task, "seed": args.seed, "device": str(device),
               "summary": summarise(runs), "runs": runs, "torch_threads": torch.get_num_threads(),
               "total_seconds": round(time.perf_counter() - t0)}
-    results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results / f"{NAME}.json", json.dumps(report, indent=1) + "\n")
     table = markdown_table(report)
-    atomic_write_text(results / f"{NAME}.md", table)
-    plot(report, results / f"{NAME}.png")
+    write_record(results, NAME, report, table, plot)
     log(table)
     return report
 
